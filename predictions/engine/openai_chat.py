@@ -1,0 +1,224 @@
+"""Chat model client for OpenAI-compatible servers: POST {base}/chat/completions, JSON or SSE."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from .errors import ProviderError, node_label
+from .types import Message
+
+logger = logging.getLogger(__name__)
+
+DETAIL_LIMIT = 200
+
+
+@dataclass(frozen=True)
+class OpenAISettings:
+    """One chatOpenAI node's request settings, already validated."""
+
+    base_url: str
+    api_key: str
+    model: str
+    timeout: httpx.Timeout
+    temperature: float | None = None
+    max_tokens: int | None = None
+    top_p: float | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    stop: tuple[str, ...] = ()
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+class OpenAIChatModel:
+    """A chat model on an OpenAI-compatible server; every failure becomes a ProviderError."""
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        node_type: str,
+        settings: OpenAISettings,
+        client: Callable[[], httpx.AsyncClient],
+    ):
+        self.node_id = node_id
+        self.node_type = node_type
+        self.settings = settings
+        self._client = client
+
+    @property
+    def url(self) -> str:
+        """Return the chat completions endpoint."""
+        return self.settings.base_url.rstrip("/") + "/chat/completions"
+
+    def request_body(self, messages: Sequence[Message], *, stream: bool) -> dict[str, Any]:
+        """Return the JSON body for a chat completion request."""
+        s = self.settings
+        body: dict[str, Any] = {"model": s.model, "messages": [dict(m) for m in messages]}
+        optional = {
+            "temperature": s.temperature,
+            "max_tokens": s.max_tokens,
+            "top_p": s.top_p,
+            "frequency_penalty": s.frequency_penalty,
+            "presence_penalty": s.presence_penalty,
+            "stop": list(s.stop) or None,
+        }
+        body.update({key: value for key, value in optional.items() if value is not None})
+        body["stream"] = stream
+        return body
+
+    def request_headers(self, *, stream: bool) -> dict[str, str]:
+        """Return extra headers (baseOptions), Accept, and Authorization when there is a key."""
+        headers = dict(self.settings.headers)
+        headers["Accept"] = "text/event-stream" if stream else "application/json"
+        if self.settings.api_key:
+            headers["Authorization"] = f"Bearer {self.settings.api_key}"
+        return headers
+
+    async def complete(self, messages: Sequence[Message]) -> str:
+        """Return the whole answer of one non-streaming request."""
+        logger.debug("node %s: POST %s (non-streaming)", self.node_id, self.url)
+        try:
+            response = await self._client().post(
+                self.url,
+                json=self.request_body(messages, stream=False),
+                headers=self.request_headers(stream=False),
+                timeout=self.settings.timeout,
+            )
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise self._transport_error(exc) from exc
+        if response.status_code >= 400:
+            raise self._status_error(response.status_code, response.content)
+        try:
+            data = response.json()
+        except ValueError:
+            raise self._bad_response(
+                f"answered HTTP {response.status_code} with a body that is not JSON"
+            ) from None
+        return self._message_content(data)
+
+    async def stream(self, messages: Sequence[Message]) -> AsyncIterator[str]:
+        """Yield content chunks of one streaming request; closing the generator aborts it."""
+        logger.debug("node %s: POST %s (streaming)", self.node_id, self.url)
+        try:
+            async with self._client().stream(
+                "POST",
+                self.url,
+                json=self.request_body(messages, stream=True),
+                headers=self.request_headers(stream=True),
+                timeout=self.settings.timeout,
+            ) as response:
+                if response.status_code >= 400:
+                    raise self._status_error(response.status_code, await response.aread())
+                if response.headers.get("content-type", "").startswith("application/json"):
+                    # A server that ignores "stream": true answers with one JSON document.
+                    try:
+                        data = json.loads(await response.aread())
+                    except ValueError:
+                        raise self._bad_response("answered with a body that is not JSON") from None
+                    content = self._message_content(data)
+                    if content:
+                        yield content
+                    return
+                async for line in response.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue  # blank separators, ": comments", event:/id:/retry: fields
+                    payload = line[5:].strip()
+                    if payload == "[DONE]":
+                        return
+                    delta = self._chunk_content(payload)
+                    if delta:
+                        yield delta
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise self._transport_error(exc) from exc
+
+    def _chunk_content(self, payload: str) -> str | None:
+        try:
+            chunk = json.loads(payload)
+        except ValueError:
+            raise self._bad_response(
+                f"sent a malformed stream chunk: {payload[:DETAIL_LIMIT]!r}"
+            ) from None
+        if not isinstance(chunk, dict):
+            raise self._bad_response(f"sent a stream chunk that is not an object: {payload!r}")
+        if "error" in chunk:
+            raise self._bad_response(f"sent an error in the stream: {self._detail(chunk)}")
+        choices = chunk.get("choices")
+        if not isinstance(choices, list):
+            raise self._bad_response("sent a stream chunk without choices")
+        if not choices:
+            return None  # e.g. the final usage chunk
+        first = choices[0] if isinstance(choices[0], dict) else {}
+        delta = first.get("delta")
+        content = delta.get("content") if isinstance(delta, dict) else None
+        return content if isinstance(content, str) else None
+
+    def _message_content(self, data: Any) -> str:
+        choices = data.get("choices") if isinstance(data, dict) else None
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            raise self._bad_response("answered without choices")
+        message = choices[0].get("message")
+        if not isinstance(message, dict):
+            raise self._bad_response("answered without a message in choices[0]")
+        content = message.get("content")
+        return content if isinstance(content, str) else ""
+
+    def _where(self) -> str:
+        return f"{node_label(self.node_id, self.node_type)}: model server {self.settings.base_url}"
+
+    def _redact(self, text: str) -> str:
+        key = self.settings.api_key
+        return text.replace(key, "***") if key else text
+
+    def _bad_response(self, problem: str) -> ProviderError:
+        return ProviderError(
+            self._redact(f"{self._where()} {problem}"),
+            code="provider_bad_response",
+            node_id=self.node_id,
+        )
+
+    def _detail(self, data: Any) -> str:
+        error = data.get("error", data) if isinstance(data, dict) else data
+        if isinstance(error, dict):
+            error = error.get("message") or error.get("detail") or error
+        text = error if isinstance(error, str) else json.dumps(error)
+        return text[:DETAIL_LIMIT]
+
+    def _status_error(self, status: int, body: bytes) -> ProviderError:
+        try:
+            detail = self._detail(json.loads(body))
+        except ValueError:
+            detail = body.decode("utf-8", "replace").strip()[:DETAIL_LIMIT]
+        if status in (401, 403):
+            code, what = "provider_unauthorized", "rejected the API key"
+        elif status == 429:
+            code, what = "provider_rate_limited", "is rate limiting requests"
+        else:
+            code, what = "provider_bad_response", "failed"
+        message = f"{self._where()} {what}: HTTP {status}"
+        if detail:
+            message += f": {detail}"
+        return ProviderError(self._redact(message), code=code, node_id=self.node_id)
+
+    def _transport_error(self, exc: Exception) -> ProviderError:
+        if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+            code = "provider_timeout"
+            problem = f"did not accept a connection within {self.settings.timeout.connect}s"
+        elif isinstance(exc, httpx.TimeoutException):
+            code = "provider_timeout"
+            problem = f"sent nothing for {self.settings.timeout.read}s (read timeout)"
+        elif isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
+            code, problem = "provider_unreachable", f"is not a valid http(s) URL ({exc})"
+        elif isinstance(exc, httpx.ConnectError):
+            code, problem = "provider_unreachable", f"is unreachable ({exc or 'connect failed'})"
+        else:
+            code = "provider_bad_response"
+            problem = f"broke the connection ({type(exc).__name__}: {exc})"
+        return ProviderError(
+            self._redact(f"{self._where()} {problem}"), code=code, node_id=self.node_id
+        )

@@ -1,0 +1,91 @@
+"""Run a parsed Flow: build each node in dependency order, then ask the ending chain."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import httpx
+
+from .errors import FlowValidationError
+from .flow import Flow
+from .nodes import NODE_TYPES, BuildContext, Chain, RunContext
+from .overrides import flow_inputs
+from .types import Emit, EngineConfig, RunInput, RunResult
+
+logger = logging.getLogger(__name__)
+
+
+class _HttpClient:
+    """Hands out the caller's client, or one created on first use and closed after the run."""
+
+    def __init__(self, client: httpx.AsyncClient | None, config: EngineConfig):
+        self._client = client
+        self._owned: httpx.AsyncClient | None = None
+        self._config = config
+
+    def __call__(self) -> httpx.AsyncClient:
+        if self._client is not None:
+            return self._client
+        if self._owned is None:
+            self._owned = httpx.AsyncClient(
+                timeout=httpx.Timeout(
+                    self._config.read_timeout, connect=self._config.connect_timeout
+                )
+            )
+        return self._owned
+
+    async def aclose(self) -> None:
+        if self._owned is not None:
+            await self._owned.aclose()
+
+
+async def run_flow(
+    flow: Flow,
+    inp: RunInput,
+    *,
+    emit: Emit,
+    config: EngineConfig,
+    http: httpx.AsyncClient | None = None,
+) -> RunResult:
+    """Run `flow` for one question and return the answer.
+
+    Streams the ending chain's tokens as `await emit("token", chunk)` when `flow.is_streaming`;
+    emits nothing else. Raises FlowValidationError, PromptError or ProviderError; cancellation
+    propagates (and closes any open model response).
+    """
+    inputs = flow_inputs(flow, inp.overrides)
+    instances: dict[str, Any] = {}
+    texts: dict[str, str] = {}
+
+    async def text_of(node_id: str) -> str:
+        if node_id not in texts:
+            instance = instances.get(node_id)
+            if not isinstance(instance, Chain):
+                node = flow.nodes[node_id]
+                raise FlowValidationError(
+                    f"{node.label} has no text output to use in a prompt", node_id=node_id
+                )
+            texts[node_id] = await instance.run(emit=None)
+        return texts[node_id]
+
+    client = _HttpClient(http, config)
+    run = RunContext(
+        question=inp.question,
+        history=tuple(inp.history),
+        chat_id=inp.chat_id,
+        session_id=inp.session_id,
+        config=config,
+        http=client,
+        text_of=text_of,
+    )
+    try:
+        for node_id in flow.order:
+            node = flow.nodes[node_id]
+            ctx = BuildContext(node=node, inputs=inputs[node_id], instances=instances, run=run)
+            instances[node_id] = await NODE_TYPES[node.type].build(ctx)
+        ending: Chain = instances[flow.ending_node_id]
+        text = await ending.run(emit=emit if flow.is_streaming else None)
+    finally:
+        await client.aclose()
+    return RunResult(text=text, memory_type=flow.memory_type)
