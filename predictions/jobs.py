@@ -1,0 +1,19 @@
+"""rq entry points: async job functions run by the worker's event loop."""
+
+from __future__ import annotations
+
+import logging
+
+from rq import get_current_job
+
+from predictions.services import aprediction_run
+
+logger = logging.getLogger(__name__)
+
+
+async def prediction_run_job(prediction_id: str) -> None:
+    """Run one prediction on the worker (the job's only argument is the prediction id)."""
+    job = get_current_job()
+    worker_name = (job.worker_name if job is not None else "") or ""
+    logger.info("job %s: prediction %s claimed", job.id if job else "-", prediction_id)
+    await aprediction_run(prediction_id, worker_name=worker_name)

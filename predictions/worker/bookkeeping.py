@@ -1,0 +1,188 @@
+"""Sync rq bookkeeping for the concurrent worker: heartbeats, abandoned-job sweeps, stop, requeue.
+
+Every function here talks to Redis with blocking redis-py calls, so the worker runs them in its
+helper threads, never on the event loop. Each call builds and executes its own pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from rq import worker_registration
+from rq.callbacks import execute_stopped_callback
+from rq.defaults import RQ_KEY_PREFIX
+from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
+from rq.utils import as_text, current_timestamp, now
+
+if TYPE_CHECKING:
+    from rq.executions import Execution
+    from rq.queue import Queue
+
+    from .concurrent import ConcurrentWorker
+
+logger = logging.getLogger(__name__)
+
+STOPPED_EXC_STRING = "Job stopped by user, task cancelled."
+SWEEP_LOCK_TEMPLATE = RQ_KEY_PREFIX + ":flowsite:abandoned-sweep:{0}"
+
+
+def send_heartbeats(worker: ConcurrentWorker, beats: Sequence[tuple[Job, Execution]]) -> None:
+    """Extend the worker key and every in-flight execution by `heartbeat_ttl`, in one pipeline.
+
+    Refreshes what rq's `maintain_heartbeats` refreshes for one job (execution hash, its
+    StartedJobRegistry score, the job's execution registry and `last_heartbeat`), for all of them.
+    """
+    ttl = worker.heartbeat_ttl
+    with worker.connection.pipeline() as pipeline:
+        worker.heartbeat(ttl, pipeline=pipeline)
+        # HSET answers 1 when it created the field, i.e. the hash was gone: an execution or job
+        # that finished between the snapshot and this pipeline. Those are deleted again below.
+        created_probes: list[tuple[int, str]] = []
+        timestamp = now()
+        for job, execution in beats:
+            created_probes.append((len(pipeline), execution.key))
+            execution.heartbeat(job.started_job_registry, ttl, pipeline=pipeline)
+            created_probes.append((len(pipeline), job.key))
+            job.heartbeat(timestamp, ttl, pipeline=pipeline, xx=True)
+        results = pipeline.execute()
+
+        for index, key in created_probes:
+            if results[index] == 1:
+                pipeline.delete(key)
+        if results[0] == 1:
+            # The worker hash expired (a stall longer than the TTL): register the worker again.
+            pipeline.hset(worker.key, mapping=worker.serialize())
+            pipeline.expire(worker.key, ttl)
+            worker_registration.register(worker, pipeline)
+        if len(pipeline):
+            pipeline.execute()
+
+
+def sweep_abandoned(worker: ConcurrentWorker) -> list[str]:
+    """Fail (or retry) jobs whose executions stopped heartbeating; return their ids.
+
+    Runs rq's own `StartedJobRegistry.cleanup` (AbandonedJobError, failure callbacks, the worker's
+    exception handlers, retries) for each of the worker's queues. A short lock per queue lets one
+    worker of the fleet sweep per heartbeat interval, so a job is not failed twice.
+    """
+    lock_ms = max(100, int(worker.heartbeat_interval * 1000 * 0.9))
+    abandoned: list[str] = []
+    for queue in worker.queues:
+        lock_key = SWEEP_LOCK_TEMPLATE.format(queue.name)
+        if not worker.connection.set(lock_key, worker.name, nx=True, px=lock_ms):
+            continue
+        registry = StartedJobRegistry(
+            queue.name,
+            connection=worker.connection,
+            job_class=worker.job_class,
+            serializer=worker.serializer,
+            death_penalty_class=worker.death_penalty_class,
+        )
+        cutoff = current_timestamp()
+        expired = list(dict.fromkeys(registry.get_expired_job_ids(cutoff)))
+        if not expired:
+            continue
+        with worker.connection.pipeline(transaction=False) as pipeline:
+            for job_id in expired:
+                pipeline.hget(worker.job_class.key_for(job_id), "status")
+            statuses = pipeline.execute()
+        # Only STARTED jobs are abandoned; other entries are leftovers rq drops silently.
+        started = [
+            job_id
+            for job_id, status in zip(expired, statuses, strict=True)
+            if status is not None and as_text(status) == JobStatus.STARTED
+        ]
+        registry.cleanup(cutoff, exception_handlers=worker._exc_handlers)
+        if started:
+            logger.warning(
+                "worker %s: jobs abandoned by a lost worker on queue %s: %s",
+                worker.name,
+                queue.name,
+                ", ".join(started),
+            )
+            abandoned.extend(started)
+    return abandoned
+
+
+def record_stopped(
+    worker: ConcurrentWorker, job: Job, queue: Queue, execution: Execution | None
+) -> None:
+    """Record a cancelled job as rq records a stopped one: status STOPPED, in FailedJobRegistry."""
+    logger.warning("worker %s: job %s stopped, moving it to FailedJobRegistry", worker.name, job.id)
+    job.ended_at = now()
+    try:
+        execute_stopped_callback(job, worker.death_penalty_class)
+    except Exception:
+        logger.exception("worker %s: stopped callback of job %s raised", worker.name, job.id)
+    # handle_job_failure marks the job STOPPED (not FAILED, never retried) when this matches;
+    # the attribute is thread-local on ConcurrentWorker, so concurrent failures don't see it.
+    worker._stopped_job_id = job.id
+    worker.handle_job_failure(job, queue=queue, exc_string=STOPPED_EXC_STRING, execution=execution)
+
+
+def requeue_execution(
+    worker: ConcurrentWorker, job: Job, queue: Queue, execution: Execution | None
+) -> None:
+    """Put a started job back at the head of its queue, status QUEUED, its execution removed."""
+    with worker.connection.pipeline() as pipeline:
+        if execution is not None:
+            worker.cleanup_execution(job, pipeline=pipeline, execution=execution)
+        pipeline.lrem(queue.intermediate_queue_key, 0, job.id)
+        job.started_at = None
+        job.ended_at = None
+        job.worker_name = None
+        # A rate-limited job keeps its slot while QUEUED, as with rq's own retries.
+        queue._enqueue_job(job, pipeline=pipeline, at_front=True)
+        pipeline.execute()
+    logger.warning("worker %s: job %s requeued at the head of %s", worker.name, job.id, queue.name)
+
+
+def return_to_queue(worker: ConcurrentWorker, job: Job, queue: Queue) -> None:
+    """Undo a dequeue that was never started: move the job id back to the head of its queue."""
+    with worker.connection.pipeline() as pipeline:
+        pipeline.lrem(queue.intermediate_queue_key, 0, job.id)
+        queue.push_job_id(job.id, pipeline=pipeline, at_front=True)
+        pipeline.execute()
+    logger.info("worker %s: job %s returned unstarted to %s", worker.name, job.id, queue.name)
+
+
+TRIM_LOCK_TEMPLATE = "flowsite:trim-lock:{}"
+# Jobs removed per registry per sweep, so one sweep stays short however large the backlog.
+TRIM_BATCH = 1000
+
+
+def trim_registries(worker: ConcurrentWorker, max_count: int, every_seconds: int = 60) -> int:
+    """Keep at most `max_count` finished and failed jobs per queue (REMOVE_ON_COUNT).
+
+    The oldest entries beyond the limit lose their job hash, results and registry entry. One
+    worker of the fleet trims a queue per `every_seconds`. Returns how many jobs were removed.
+    """
+    from rq.registry import FailedJobRegistry, FinishedJobRegistry
+
+    removed = 0
+    for queue in worker.queues:
+        if not worker.connection.set(
+            TRIM_LOCK_TEMPLATE.format(queue.name), worker.name, nx=True, ex=every_seconds
+        ):
+            continue
+        for registry_class in (FinishedJobRegistry, FailedJobRegistry):
+            registry = registry_class(queue.name, connection=worker.connection)
+            excess = min(registry.count - max_count, TRIM_BATCH)
+            if excess <= 0:
+                continue
+            # Scores are expiry times and every job of a registry has the same TTL: lowest = oldest.
+            job_ids = [as_text(j) for j in worker.connection.zrange(registry.key, 0, excess - 1)]
+            with worker.connection.pipeline(transaction=False) as pipeline:
+                for job_id in job_ids:
+                    pipeline.delete(worker.job_class.key_for(job_id), f"rq:results:{job_id}")
+                pipeline.zrem(registry.key, *job_ids)
+                pipeline.execute()
+            removed += len(job_ids)
+    if removed:
+        logger.info(
+            "worker %s: removed %s old jobs (REMOVE_ON_COUNT=%s)", worker.name, removed, max_count
+        )
+    return removed

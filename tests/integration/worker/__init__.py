@@ -1,0 +1,1 @@
+"""Integration tests of predictions.worker against a real Redis."""

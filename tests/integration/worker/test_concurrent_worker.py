@@ -1,0 +1,358 @@
+"""ConcurrentWorker in-process: concurrency, rq's records, failures, timeouts, stop, heartbeats."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+from redis import Redis
+from rq import Queue, Retry
+from rq.command import (
+    send_shutdown_command,
+    send_stop_execution_command,
+    send_stop_job_command,
+)
+from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
+from rq.results import Result
+from rq.utils import as_text, now
+
+from predictions.worker import CANCELLED_TO_REQUEUE, CANCELLED_TO_STOP, ConcurrentWorker
+from tests.integration.worker import jobs
+from tests.integration.worker.helpers import running, wait_until
+
+pytestmark = pytest.mark.integration
+
+MakeWorker = Callable[..., ConcurrentWorker]
+
+
+def worker_field(redis_conn: Redis, worker: ConcurrentWorker, field: str) -> str | None:
+    value = redis_conn.hget(worker.key, field)
+    return as_text(value) if value is not None else None
+
+
+def test_worker_runs_jobs_concurrently(queue: Queue, make_worker: MakeWorker) -> None:
+    enqueued = [queue.enqueue(jobs.sleep_job, 1) for _ in range(50)]
+
+    started = time.monotonic()
+    assert make_worker(concurrency=50).work(burst=True) is True
+    elapsed = time.monotonic() - started
+
+    # Serially this is 50 s; concurrently about 1 s. The bound is loose on purpose.
+    assert elapsed < 10
+    finished = FinishedJobRegistry(queue=queue)
+    assert sorted(finished.get_job_ids()) == sorted(job.id for job in enqueued)
+    for job in enqueued:
+        assert job.get_status() == JobStatus.FINISHED
+        result = job.latest_result()
+        assert result is not None
+        assert result.type == Result.Type.SUCCESSFUL
+        assert result.return_value == 1
+
+
+def test_worker_registries_show_every_in_flight_job(
+    queue: Queue, redis_conn: Redis, make_worker: MakeWorker
+) -> None:
+    enqueued = [queue.enqueue(jobs.sleep_job, 2) for _ in range(20)]
+    ids = sorted(job.id for job in enqueued)
+    worker = make_worker(concurrency=50)
+
+    with running(worker, burst=True) as runner:
+        started = StartedJobRegistry(queue=queue)
+        wait_until(lambda: started.get_job_count(cleanup=False) == 20, 10, "20 started jobs")
+        assert sorted(started.get_job_ids()) == ids
+        assert worker.current_execution_count == 20
+        assert worker_field(redis_conn, worker, "state") == "busy"
+        assert {job.get_status() for job in enqueued} == {JobStatus.STARTED}
+        seen = ConcurrentWorker.find_by_key(worker.key, connection=redis_conn)
+        assert seen is not None
+        assert sorted(e.job_id for e in seen.get_current_executions()) == ids
+        assert runner.join() is True
+
+    assert worker_field(redis_conn, worker, "state") == "idle"
+    assert StartedJobRegistry(queue=queue).count == 0
+    assert worker.current_execution_count == 0
+    assert worker_field(redis_conn, worker, "successful_job_count") == "20"
+    assert worker_field(redis_conn, worker, "failed_job_count") is None
+
+
+def test_worker_respects_concurrency(
+    queue: Queue, redis_conn: Redis, make_worker: MakeWorker
+) -> None:
+    for _ in range(10):
+        queue.enqueue(jobs.track_concurrency_job, "concurrency", 0.3)
+
+    make_worker(concurrency=3).work(burst=True)
+
+    assert redis_conn.zscore("concurrency:max", "max") == 3
+    assert FinishedJobRegistry(queue=queue).count == 10
+
+
+def test_worker_gives_each_task_its_own_current_job(queue: Queue, make_worker: MakeWorker) -> None:
+    enqueued = [queue.enqueue(jobs.current_job_ids_job, 0.05) for _ in range(20)]
+
+    make_worker(concurrency=20).work(burst=True)
+
+    for job in enqueued:
+        assert job.latest_result().return_value == [job.id] * 3  # type: ignore[union-attr]
+
+
+def test_worker_runs_sync_functions_in_a_thread_with_their_job(
+    queue: Queue, make_worker: MakeWorker
+) -> None:
+    job = queue.enqueue(jobs.sync_job, 2, 3)
+
+    make_worker().work(burst=True)
+
+    assert job.get_status() == JobStatus.FINISHED
+    assert job.latest_result().return_value == [5, job.id]  # type: ignore[union-attr]
+
+
+def test_worker_records_failure_with_traceback_and_goes_on(
+    queue: Queue, redis_conn: Redis, make_worker: MakeWorker
+) -> None:
+    failing = queue.enqueue(jobs.fail_job, "boom")
+    healthy = queue.enqueue(jobs.sleep_job, 0.1)
+    worker = make_worker(concurrency=1)
+
+    worker.work(burst=True)
+
+    assert failing.get_status() == JobStatus.FAILED
+    assert failing.id in FailedJobRegistry(queue=queue)
+    result = failing.latest_result()
+    assert result is not None
+    assert result.type == Result.Type.FAILED
+    # The traceback as rq formats it, down to the job function's frame.
+    assert "Traceback (most recent call last)" in (result.exc_string or "")
+    assert "in fail_job\n    raise ValueError(message)" in (result.exc_string or "")
+    assert (result.exc_string or "").rstrip().endswith("ValueError: boom")
+    assert healthy.get_status() == JobStatus.FINISHED
+    assert worker_field(redis_conn, worker, "failed_job_count") == "1"
+    assert worker_field(redis_conn, worker, "successful_job_count") == "1"
+
+
+def test_worker_retries_a_failed_job_as_rq_does(queue: Queue, make_worker: MakeWorker) -> None:
+    job = queue.enqueue(jobs.fail_job, "again", retry=Retry(max=1))
+
+    make_worker().work(burst=True)
+
+    job.refresh()
+    assert job.get_status() == JobStatus.FAILED
+    assert job.retries_left == 0
+    assert job.id in FailedJobRegistry(queue=queue)
+
+
+def test_worker_fails_a_job_over_its_timeout(queue: Queue, make_worker: MakeWorker) -> None:
+    job = queue.enqueue(jobs.sleep_job, 30, job_timeout=1)
+
+    started = time.monotonic()
+    make_worker().work(burst=True)
+
+    assert time.monotonic() - started < 5
+    assert job.get_status() == JobStatus.FAILED
+    exc_string = job.latest_result().exc_string or ""  # type: ignore[union-attr]
+    assert "JobTimeoutException: Task exceeded maximum timeout value (1 seconds)" in exc_string
+
+
+def test_stop_command_cancels_exactly_that_job(
+    queue: Queue, redis_conn: Redis, make_worker: MakeWorker
+) -> None:
+    enqueued = [queue.enqueue(jobs.sleep_job, 3) for _ in range(3)]
+    worker = make_worker(concurrency=3)
+
+    with running(worker, burst=True) as runner:
+        wait_until(
+            lambda: all(Job.fetch(j.id, connection=redis_conn).worker_name for j in enqueued),
+            10,
+            "3 running jobs",
+        )
+        # rq 3.0.0's own handler only ever matches this one; stop another.
+        first = next(iter(worker.executions.values())).job_id
+        target = next(job for job in enqueued if job.id != first)
+        sent = time.monotonic()
+        send_stop_job_command(redis_conn, target.id)
+        wait_until(lambda: target.get_status() == JobStatus.STOPPED, 5, "stopped job")
+        assert time.monotonic() - sent < 2
+        runner.join()
+
+    assert target.id in FailedJobRegistry(queue=queue)
+    assert target.latest_result().type == Result.Type.FAILED  # type: ignore[union-attr]
+    others = [job for job in enqueued if job is not target]
+    assert [job.get_status() for job in others] == [JobStatus.FINISHED] * 2
+
+
+def test_cancel_job_stops_an_in_flight_job(queue: Queue, make_worker: MakeWorker) -> None:
+    long_job = queue.enqueue(jobs.cancel_aware_job, 30)
+    worker = make_worker()
+
+    with running(worker, burst=True) as runner:
+        wait_until(lambda: long_job.get_status() == JobStatus.STARTED, 10, "started job")
+        assert worker.cancel_job("not-running-here") is False
+        assert worker.cancel_job(long_job.id) is True
+        runner.join(10)
+
+    assert long_job.get_status() == JobStatus.STOPPED
+    assert long_job.id in FailedJobRegistry(queue=queue)
+    assert long_job.get_meta()["cancelled"] == CANCELLED_TO_STOP
+
+
+def test_forced_shutdown_tells_the_job_it_is_requeued(
+    queue: Queue, make_worker: MakeWorker
+) -> None:
+    job = queue.enqueue(jobs.cancel_aware_job, 30)
+    worker = make_worker()
+
+    with running(worker) as runner:
+        wait_until(lambda: job.get_status() == JobStatus.STARTED, 10, "started job")
+        worker.request_shutdown(force=True)
+        runner.join(10)
+
+    assert job.get_status() == JobStatus.QUEUED
+    assert job.get_meta()["cancelled"] == CANCELLED_TO_REQUEUE
+
+
+def test_heartbeats_keep_a_job_longer_than_the_ttl_alive(
+    queue: Queue, make_worker: MakeWorker
+) -> None:
+    job = queue.enqueue(jobs.sleep_job, 4)
+    worker = make_worker(heartbeat_interval=0.5, heartbeat_ttl=2)
+    started = StartedJobRegistry(queue=queue)
+
+    with running(worker, burst=True) as runner:
+        wait_until(lambda: job.get_status() == JobStatus.STARTED, 10, "started job")
+        began = time.monotonic()
+        heartbeat_age = None
+        # What any other worker's maintenance does; it must not reap a job that is heartbeating.
+        while runner.thread.is_alive():
+            started.cleanup()
+            if heartbeat_age is None and time.monotonic() - began > 3:
+                executions = job.get_executions()
+                assert len(executions) == 1
+                heartbeat_age = (now() - executions[0].last_heartbeat).total_seconds()
+            time.sleep(0.2)
+        runner.join()
+
+    # Past the TTL the execution was still there, heartbeated within the last interval or so.
+    assert heartbeat_age is not None
+    assert heartbeat_age < 1.5
+    assert job.get_status() == JobStatus.FINISHED
+    assert job.id not in FailedJobRegistry(queue=queue)
+
+
+def test_burst_worker_exits_when_queue_is_empty(make_worker: MakeWorker) -> None:
+    started = time.monotonic()
+    assert make_worker().work(burst=True) is False
+    assert time.monotonic() - started < 5
+
+
+def test_worker_stops_claiming_after_max_jobs(queue: Queue, make_worker: MakeWorker) -> None:
+    for _ in range(5):
+        queue.enqueue(jobs.noop_job)
+
+    assert make_worker(concurrency=1).work(max_jobs=2) is True
+
+    assert FinishedJobRegistry(queue=queue).count == 2
+    assert queue.count == 3
+
+
+def test_shutdown_command_drains_and_stops(
+    queue: Queue, redis_conn: Redis, make_worker: MakeWorker
+) -> None:
+    job = queue.enqueue(jobs.sleep_job, 1)
+    worker = make_worker()
+
+    with running(worker) as runner:
+        wait_until(lambda: job.get_status() == JobStatus.STARTED, 10, "started job")
+        send_shutdown_command(redis_conn, worker.name)
+        assert runner.join(15) is True
+
+    assert job.get_status() == JobStatus.FINISHED
+
+
+def test_worker_refuses_a_heartbeat_ttl_not_above_the_interval(make_worker: MakeWorker) -> None:
+    worker = make_worker(heartbeat_interval=2, heartbeat_ttl=2)
+
+    with pytest.raises(ValueError, match="heartbeat_ttl"):
+        worker.work(burst=True)
+
+
+def test_stop_execution_command_cancels_that_execution(
+    queue: Queue, redis_conn: Redis, make_worker: MakeWorker
+) -> None:
+    job = queue.enqueue(jobs.sleep_job, 30)
+    worker = make_worker()
+
+    with running(worker, burst=True) as runner:
+        wait_until(lambda: job.get_status() == JobStatus.STARTED, 10, "started job")
+        execution = wait_until(lambda: job.get_executions(), 10, "execution")[0]
+        send_stop_execution_command(redis_conn, job.id, execution.id)
+        runner.join(10)
+
+    assert job.get_status() == JobStatus.STOPPED
+
+
+def test_job_claimed_during_shutdown_goes_back_unstarted(
+    queue: Queue, make_worker: MakeWorker
+) -> None:
+    worker = make_worker()
+
+    with running(worker) as runner:
+        worker.request_shutdown()
+        # Usually lands in the dequeue already blocked in BLMOVE, which then must give it back.
+        job = queue.enqueue(jobs.sleep_job, 0)
+        runner.join(10)
+
+    assert job.get_status() == JobStatus.QUEUED
+    assert queue.get_job_ids() == [job.id]
+    assert queue.connection.llen(queue.intermediate_queue_key) == 0
+
+
+def test_forced_shutdown_requeues_a_job_that_ignores_cancellation(
+    queue: Queue, make_worker: MakeWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("predictions.worker.concurrent.CANCEL_GRACE_SECONDS", 0.5)
+    job = queue.enqueue(jobs.ignore_cancel_job, 30)
+    worker = make_worker()
+
+    with running(worker) as runner:
+        wait_until(lambda: job.get_status() == JobStatus.STARTED, 10, "started job")
+        worker.request_shutdown(force=True)
+        runner.join(10)
+
+    assert job.get_status() == JobStatus.QUEUED
+    assert queue.get_job_ids() == [job.id]
+    assert StartedJobRegistry(queue=queue).get_job_ids(cleanup=False) == []
+
+
+def test_abandoned_jobs_handler_setting_receives_the_ids(
+    make_worker: MakeWorker, request: pytest.FixtureRequest
+) -> None:
+    try:
+        settings = request.getfixturevalue("settings")
+    except pytest.FixtureLookupError:
+        pytest.skip("needs pytest-django's settings fixture")
+    settings.WORKER_ABANDONED_JOBS_HANDLER = "tests.integration.worker.jobs.remember_abandoned"
+    jobs.ABANDONED.clear()
+
+    make_worker().on_abandoned_jobs(["lost-1", "lost-2"])
+
+    assert jobs.ABANDONED == [["lost-1", "lost-2"]]
+
+
+def test_worker_trims_finished_jobs_to_remove_on_count(make_worker, queue, settings) -> None:
+    from predictions.worker import bookkeeping
+
+    settings.REMOVE_ON_COUNT = None  # the worker's own periodic trim stays out of this test
+    enqueued = [queue.enqueue(jobs.sleep_job, 0) for _ in range(12)]
+    worker = make_worker()
+    worker.work(burst=True)
+    registry = FinishedJobRegistry(queue.name, connection=queue.connection)
+    assert registry.count == 12
+    assert bookkeeping.trim_registries(worker, 5) == 7
+    assert registry.count == 5
+    kept = set(registry.get_job_ids())
+    gone = [job for job in enqueued if job.id not in kept]
+    assert len(gone) == 7
+    assert not any(queue.connection.exists(job.key) for job in gone)
+    assert all(queue.connection.exists(f"rq:job:{job_id}") for job_id in kept)

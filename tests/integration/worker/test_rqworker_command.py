@@ -1,0 +1,50 @@
+"""`manage.py rqworker` with the project's settings builds and runs ConcurrentWorker."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from redis import Redis
+from rq import Queue
+from rq.job import JobStatus
+
+from tests.integration.worker import jobs
+from tests.integration.worker.helpers import PROJECT_ROOT
+
+pytestmark = pytest.mark.integration
+
+COMMAND_QUEUE = "flowsite-worker-test"
+
+
+def test_rqworker_command_runs_jobs_concurrently(redis_url: str, redis_conn: Redis) -> None:
+    queue = Queue(COMMAND_QUEUE, connection=redis_conn)
+    enqueued = [queue.enqueue(jobs.sleep_job, 1) for _ in range(5)]
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "flowsite.settings",
+        "MODE": "queue",
+        "REDIS_URL": redis_url,
+        "QUEUE_NAME": COMMAND_QUEUE,
+        "WORKER_PORT": "0",
+    }
+
+    # --skip-checks: this is about the worker wiring, not the URLconf or models' checks.
+    completed = subprocess.run(
+        [sys.executable, "manage.py", "rqworker", COMMAND_QUEUE, "--burst", "--skip-checks"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        timeout=60,
+        start_new_session=True,
+        check=False,
+    )
+
+    assert completed.returncode == 0, completed.stderr.decode()[-3000:]
+    for job in enqueued:
+        job.refresh()
+    assert [job.get_status() for job in enqueued] == [JobStatus.FINISHED] * 5
+    # They overlapped, which only the concurrent worker class does.
+    assert max(job.started_at for job in enqueued) < min(job.ended_at for job in enqueued)  # type: ignore[type-var]
