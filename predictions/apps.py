@@ -1,0 +1,11 @@
+"""App config for predictions: chatflows, predictions, chat messages and their API."""
+
+from django.apps import AppConfig
+
+
+class PredictionsConfig(AppConfig):
+    name = "predictions"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from flowsite import checks  # noqa: F401  (registers the system checks)

@@ -1,0 +1,77 @@
+"""Shared network clients: Redis (sync, and asyncio per loop) and the model HTTP client per loop."""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from typing import Any
+
+import httpx
+import redis
+import redis.asyncio as aredis
+from django.conf import settings
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
+
+_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aredis.Redis] = (
+    weakref.WeakKeyDictionary()
+)
+_sync_client: redis.Redis | None = None
+_http_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+# redis-py's own retries of a command whose connection broke: short, so that a request fails
+# fast (503) while Redis is away; the worker's side of a prediction waits longer by itself.
+REDIS_RETRIES = 3
+REDIS_RETRY_BASE, REDIS_RETRY_CAP = 0.05, 0.5
+
+
+def _redis_kwargs(retry_class: type[Retry] | type[AsyncRetry]) -> dict[str, Any]:
+    kwargs = settings.REDIS.client_kwargs()
+    # Explicit: with redis-py's default policy an asyncio transaction on a connection that a
+    # Redis restart broke fails instead of reconnecting (once per pooled connection).
+    backoff = ExponentialWithJitterBackoff(base=REDIS_RETRY_BASE, cap=REDIS_RETRY_CAP)
+    kwargs["retry"] = retry_class(backoff, REDIS_RETRIES)
+    return kwargs
+
+
+def get_async_redis() -> aredis.Redis:
+    """Return the asyncio client of the running loop (clients are bound to the loop they run on)."""
+    loop = asyncio.get_running_loop()
+    client = _async_clients.get(loop)
+    if client is None:
+        client = aredis.Redis.from_url(settings.REDIS.url, **_redis_kwargs(AsyncRetry))
+        _async_clients[loop] = client
+    return client
+
+
+def get_sync_redis() -> redis.Redis:
+    """Return the process's sync client (redis-py pools are thread-safe)."""
+    global _sync_client
+    if _sync_client is None:
+        _sync_client = redis.Redis.from_url(settings.REDIS.url, **_redis_kwargs(Retry))
+    return _sync_client
+
+
+def get_http_client() -> httpx.AsyncClient:
+    """Return the running loop's HTTP client for model servers (one connection pool per loop)."""
+    loop = asyncio.get_running_loop()
+    client = _http_clients.get(loop)
+    if client is None:
+        client = httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.LLM_READ_TIMEOUT, connect=settings.LLM_CONNECT_TIMEOUT),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=200),
+        )
+        _http_clients[loop] = client
+    return client
+
+
+def reset_clients() -> None:
+    """Forget every client (tests point settings at another Redis)."""
+    global _sync_client
+    _sync_client = None
+    _async_clients.clear()
+    _http_clients.clear()

@@ -1,0 +1,428 @@
+"""Event transports: publish a prediction's events and read them back, in-process or via Redis.
+
+Both transports give readers the same guarantee: every event exactly once, in `seq` order,
+ending with `end`. Queue mode writes each event to a capped Redis Stream (the record, replayed by
+late or resuming readers) and pushes it live through Channels' Redis layer; a reader joins the
+group first, replays the stream, then relays live events with `seq > last`, filling any gap
+from the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from channels.layers import get_channel_layer
+from django.conf import settings
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from predictions import clients
+from predictions.streaming import (
+    CHANNEL_EVENT_TYPE,
+    TERMINAL_EVENT,
+    Event,
+    decode_event,
+    encode_event,
+    group_name,
+    stream_key,
+)
+
+logger = logging.getLogger(__name__)
+
+# How long a finished prediction's in-process log stays readable (main mode).
+LOCAL_RETENTION_SECONDS = 120.0
+# How long a publisher retries an event while Redis is unreachable before it gives up.
+PUBLISH_RETRY_SECONDS = 30.0
+RETRY_FIRST_DELAY = 0.1
+RETRY_MAX_DELAY = 1.0
+# Errors that mean "Redis is not reachable right now" (socket errors, timeouts, refused).
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+# Joining or leaving a group while the layer reconnects can also meet channels-redis' own receive
+# task on the same connection ("RuntimeError: read() called while another coroutine is already
+# waiting for incoming data"): as transient as the outage itself.
+LAYER_DOWN = (*REDIS_DOWN, RuntimeError)
+
+T = TypeVar("T")
+
+
+async def aretry_redis(
+    call: Callable[[], Awaitable[T]], *, what: str, seconds: float = PUBLISH_RETRY_SECONDS
+) -> T:
+    """Await `call()`, retrying while Redis is unreachable for up to `seconds`, then raise.
+
+    For the worker's side of a prediction: a Redis restart then pauses a run instead of
+    failing it. Request handlers should fail fast instead (503 queue_unavailable).
+    """
+    loop = asyncio.get_running_loop()
+    give_up_at = loop.time() + seconds
+    delay = RETRY_FIRST_DELAY
+    warned = False
+    while True:
+        try:
+            return await call()
+        except REDIS_DOWN as exc:
+            if loop.time() + delay > give_up_at:
+                raise
+            if not warned:
+                logger.warning("Redis unreachable: %s waits for it (%s)", what, exc)
+                warned = True
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_DELAY)
+
+
+class Transport(Protocol):
+    async def publish(self, prediction_id: str, event: Event) -> None: ...
+
+    async def last_seq(self, prediction_id: str) -> int: ...
+
+    def read(
+        self,
+        prediction_id: str,
+        *,
+        after_seq: int,
+        heartbeat: float,
+        deadline: float | None = None,
+    ) -> AsyncIterator[Event | None]: ...
+
+    async def exists(self, prediction_id: str) -> bool: ...
+
+    async def restart(self, prediction_id: str) -> None: ...
+
+
+def _quiet(heartbeat: float, deadline: float | None) -> float:
+    """Return how long a reader waits for the next event: a heartbeat, or less near its deadline."""
+    if deadline is None:
+        return heartbeat
+    return max(0.0, min(heartbeat, deadline - time.monotonic()))
+
+
+class Publisher:
+    """Number and send the events of one prediction run."""
+
+    def __init__(self, transport: Transport, prediction_id: str, *, start_seq: int = 0) -> None:
+        self.transport = transport
+        self.prediction_id = prediction_id
+        self.seq = start_seq
+        self.ended = False
+
+    async def emit(self, name: str, data: Any) -> None:
+        if self.ended:
+            return
+        self.seq += 1
+        if name == TERMINAL_EVENT:
+            self.ended = True
+        await self.transport.publish(self.prediction_id, Event(seq=self.seq, event=name, data=data))
+
+
+# --- main mode ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Log:
+    events: list[Event] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    ended_at: float | None = None
+
+
+class LocalTransport:
+    """In-process event logs for main mode, on the web process's event loop."""
+
+    def __init__(self, max_len: int) -> None:
+        self.max_len = max_len
+        self._logs: dict[str, _Log] = {}
+
+    def _prune(self) -> None:
+        now = time.monotonic()
+        stale = [
+            pid
+            for pid, log in self._logs.items()
+            if log.ended_at is not None and now - log.ended_at > LOCAL_RETENTION_SECONDS
+        ]
+        for pid in stale:
+            del self._logs[pid]
+
+    async def publish(self, prediction_id: str, event: Event) -> None:
+        log = self._logs.get(prediction_id)
+        if log is None:
+            self._prune()
+            log = self._logs[prediction_id] = _Log()
+        log.events.append(event)
+        if len(log.events) > self.max_len:
+            del log.events[: len(log.events) - self.max_len]
+        if event["event"] == TERMINAL_EVENT:
+            log.ended_at = time.monotonic()
+        changed, log.changed = log.changed, asyncio.Event()
+        changed.set()
+
+    async def last_seq(self, prediction_id: str) -> int:
+        log = self._logs.get(prediction_id)
+        return log.events[-1]["seq"] if log and log.events else 0
+
+    async def exists(self, prediction_id: str) -> bool:
+        return prediction_id in self._logs
+
+    async def restart(self, prediction_id: str) -> None:
+        log = self._logs.get(prediction_id)
+        if log is not None:
+            log.events.clear()
+
+    def ensure(self, prediction_id: str) -> None:
+        """Create the log before the run starts, so readers wait instead of finding nothing."""
+        self._logs.setdefault(prediction_id, _Log())
+
+    async def read(
+        self,
+        prediction_id: str,
+        *,
+        after_seq: int,
+        heartbeat: float,
+        deadline: float | None = None,
+    ) -> AsyncIterator[Event | None]:
+        last = after_seq
+        while True:
+            log = self._logs.get(prediction_id)
+            if log is None:
+                return
+            changed = log.changed
+            if (
+                log.events
+                and log.events[-1]["event"] == TERMINAL_EVENT
+                and log.events[-1]["seq"] <= last
+            ):
+                return  # the reader already has the end (a resume after the last frame)
+            for event in log.events:
+                if event["seq"] > last:
+                    last = event["seq"]
+                    yield event
+                    if event["event"] == TERMINAL_EVENT:
+                        return
+            try:
+                await asyncio.wait_for(changed.wait(), _quiet(heartbeat, deadline))
+            except TimeoutError:
+                yield None
+
+
+# --- queue mode --------------------------------------------------------------------------------
+
+
+class RedisTransport:
+    """Capped Redis Stream per prediction plus live delivery through Channels' Redis layer."""
+
+    def __init__(self, *, max_len: int, ttl: int) -> None:
+        self.max_len = max_len
+        self.ttl = ttl
+
+    async def publish(self, prediction_id: str, event: Event) -> None:
+        """Append the event to the stream, then push it live.
+
+        While Redis is unreachable (a restart, a failover) the append is retried for up to
+        PUBLISH_RETRY_SECONDS, so a short outage delays events instead of losing them; a live
+        push that still fails is only logged, as readers catch up from the stream.
+        """
+        await aretry_redis(
+            lambda: self._append(prediction_id, event),
+            what=f"prediction {prediction_id} event {event['seq']}",
+        )
+        try:
+            layer = get_channel_layer()
+            await layer.group_send(group_name(prediction_id), {"type": CHANNEL_EVENT_TYPE, **event})
+        except REDIS_DOWN as exc:
+            logger.warning(
+                "prediction %s: event %s not pushed live (%s); readers replay it from the stream",
+                prediction_id,
+                event["seq"],
+                exc,
+            )
+
+    async def _append(self, prediction_id: str, event: Event) -> None:
+        client = clients.get_async_redis()
+        key = stream_key(prediction_id)
+        try:
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.xadd(
+                    key,
+                    encode_event(event),
+                    id=f"0-{event['seq']}",
+                    maxlen=self.max_len,
+                    approximate=True,
+                )
+                pipe.expire(key, self.ttl)
+                await pipe.execute()
+        except ResponseError:
+            # redis-py repeats a command whose connection broke, and the first one may have
+            # landed: the stream then refuses the same id again.
+            if await self.last_seq(prediction_id) < event["seq"]:
+                raise
+
+    async def last_seq(self, prediction_id: str) -> int:
+        entries = await clients.get_async_redis().xrevrange(stream_key(prediction_id), count=1)
+        if not entries:
+            return 0
+        return decode_event(*entries[0])["seq"]
+
+    async def exists(self, prediction_id: str) -> bool:
+        return bool(await clients.get_async_redis().exists(stream_key(prediction_id)))
+
+    async def ended_by(self, prediction_id: str, seq: int) -> bool:
+        """Return whether the stream's last event is an `end` at or before `seq`."""
+        entries = await clients.get_async_redis().xrevrange(stream_key(prediction_id), count=1)
+        if not entries:
+            return False
+        event = decode_event(*entries[0])
+        return event["event"] == TERMINAL_EVENT and event["seq"] <= seq
+
+    async def restart(self, prediction_id: str) -> None:
+        """Drop an earlier attempt's events, so later readers replay only the new run."""
+        last = await self.last_seq(prediction_id)
+        await clients.get_async_redis().xtrim(stream_key(prediction_id), minid=f"0-{last + 1}")
+
+    async def _replay(self, prediction_id: str, after_seq: int, until_seq: int | None = None):
+        client = clients.get_async_redis()
+        end = f"0-{until_seq}" if until_seq is not None else "+"
+        entries = await client.xrange(stream_key(prediction_id), min=f"(0-{after_seq}", max=end)
+        return [decode_event(entry_id, fields) for entry_id, fields in entries]
+
+    async def read(
+        self,
+        prediction_id: str,
+        *,
+        after_seq: int,
+        heartbeat: float,
+        deadline: float | None = None,
+    ) -> AsyncIterator[Event | None]:
+        """Yield events after `after_seq` until `end`; None after each quiet `heartbeat`.
+
+        With a `deadline` (monotonic time) a quiet period also ends then, so that the caller
+        can give up on time.
+
+        Survives Redis outages: joining is retried, replays that fail are retried at the next
+        quiet period and live delivery resumes when the layer reconnects, so the reader resumes
+        where it stopped (yielding None meanwhile); its caller's deadline bounds the wait.
+        """
+        layer = get_channel_layer()
+        group = group_name(prediction_id)
+        channel: str | None = None
+        receiving: asyncio.Future[Any] | None = None
+        last = after_seq
+        try:
+            # A reader of an accepted prediction waits for Redis rather than fail (the caller's
+            # deadline bounds it); a new one is refused up front by the API instead.
+            while True:
+                try:
+                    if channel is None:
+                        channel = await layer.new_channel()
+                    await layer.group_add(group, channel)
+                    break
+                except LAYER_DOWN as exc:
+                    logger.warning(
+                        "prediction %s: cannot join its events now (%s)", prediction_id, exc
+                    )
+                    await asyncio.sleep(_quiet(min(heartbeat, RETRY_MAX_DELAY), deadline))
+                    yield None
+            # Joined first, so nothing published from here on is missed; the stream holds the rest.
+            replayed = await self._try_replay(prediction_id, last)
+            for event in replayed or ():
+                if event["seq"] <= last:
+                    continue
+                last = event["seq"]
+                yield event
+                if event["event"] == TERMINAL_EVENT:
+                    return
+            if replayed == [] and after_seq and await self._try_ended_by(prediction_id, after_seq):
+                return  # the reader already has the end (a resume after the last frame)
+            while True:
+                # One receive stays pending across quiet periods: cancelling it would make the
+                # layer unsubscribe the channel, and whatever arrived meanwhile would be dropped.
+                if receiving is None:
+                    receiving = asyncio.ensure_future(layer.receive(channel))
+                done, _ = await asyncio.wait({receiving}, timeout=_quiet(heartbeat, deadline))
+                if not done:
+                    # A quiet period: catch up from the stream in case a live message was lost.
+                    for event in await self._try_replay(prediction_id, last) or ():
+                        last = event["seq"]
+                        yield event
+                        if event["event"] == TERMINAL_EVENT:
+                            return
+                    yield None
+                    continue
+                message, receiving = receiving.result(), None
+                if message.get("type") != CHANNEL_EVENT_TYPE:
+                    continue
+                seq = int(message["seq"])
+                if seq <= last:
+                    continue
+                if seq > last + 1:
+                    gap = await self._try_replay(prediction_id, last, seq - 1)
+                    if gap is None:
+                        continue  # Redis is away: the next quiet period replays all of it
+                    for event in gap:
+                        last = event["seq"]
+                        yield event
+                event = Event(seq=seq, event=message["event"], data=message["data"])
+                last = seq
+                yield event
+                if event["event"] == TERMINAL_EVENT:
+                    return
+        finally:
+            await asyncio.shield(_leave(layer, group, channel, receiving))
+
+    async def _try_ended_by(self, prediction_id: str, seq: int) -> bool:
+        try:
+            return await self.ended_by(prediction_id, seq)
+        except REDIS_DOWN:
+            return False
+
+    async def _try_replay(
+        self, prediction_id: str, after_seq: int, until_seq: int | None = None
+    ) -> list[Event] | None:
+        """Replay like `_replay`, or return None while Redis is unreachable."""
+        try:
+            return await self._replay(prediction_id, after_seq, until_seq)
+        except REDIS_DOWN as exc:
+            logger.warning("prediction %s: cannot replay events now (%s)", prediction_id, exc)
+            return None
+
+
+async def _leave(
+    layer: Any, group: str, channel: str | None, receiving: asyncio.Future[Any] | None
+) -> None:
+    if receiving is not None:
+        receiving.cancel()  # the layer unsubscribes the channel
+        await asyncio.wait({receiving})
+    if channel is not None:
+        await _discard(layer, group, channel)
+
+
+async def _discard(layer: Any, group: str, channel: str) -> None:
+    try:
+        await layer.group_discard(group, channel)
+    except LAYER_DOWN as exc:
+        logger.warning("could not leave group %s: %s", group, exc)
+
+
+_transport: Transport | None = None
+
+
+def get_transport() -> Transport:
+    """Return this process's transport (in-process in main mode, Redis in queue mode)."""
+    global _transport
+    if _transport is None:
+        if settings.MODE == "queue":
+            _transport = RedisTransport(
+                max_len=settings.QUEUE_REDIS_EVENT_STREAM_MAX_LEN, ttl=settings.EVENT_STREAM_TTL
+            )
+        else:
+            _transport = LocalTransport(max_len=settings.QUEUE_REDIS_EVENT_STREAM_MAX_LEN)
+    return _transport
+
+
+def reset_transport() -> None:
+    """Forget the transport (tests switch MODE)."""
+    global _transport
+    _transport = None

@@ -1,0 +1,655 @@
+"""Write-side use cases: chatflows, API keys; create, run, finish and cancel predictions."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, TypeVar
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import InterfaceError, OperationalError, connections, transaction
+from django.db.models import F
+from django.utils import timezone
+from redis.exceptions import RedisError
+
+from predictions import clients, local, metrics, ratelimit, secrets
+from predictions.engine import (
+    ChatTurn,
+    EngineConfig,
+    EngineError,
+    Flow,
+    FlowValidationError,
+    RunInput,
+    parse_flow,
+    run_flow,
+)
+from predictions.events import Publisher, aretry_redis, get_transport
+from predictions.exceptions import QueueUnavailable
+from predictions.models import (
+    ACTIVE_STATUSES,
+    ApiKey,
+    Chatflow,
+    ChatMessage,
+    ChatMessageRole,
+    Prediction,
+    PredictionStatus,
+)
+from predictions.streaming import DONE, cancel_key
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Job and cancel-marker lifetimes: longer than any prediction can wait and run.
+CANCEL_MARKER_TTL = 3600
+# How long a run's database writes wait for a database that went away (restart, failover).
+DATABASE_RETRY_SECONDS = 30.0
+
+
+# --- chatflows and keys ------------------------------------------------------------------------
+
+
+def _checked_flow_data(flow_data: Any, stored: str | None = None) -> tuple[str, Flow]:
+    """Return flowData to store (a JSON string, secrets encrypted) and the parsed flow, or raise.
+
+    Masked secrets ("********", as the API shows them) keep the values of `stored`.
+    """
+    try:
+        text = flow_data if isinstance(flow_data, str) else json.dumps(flow_data)
+        text = secrets.flow_data_keep_secrets(text, stored)
+        flow = parse_flow(secrets.flow_data_decrypt(text))
+    except RecursionError:
+        raise FlowValidationError(
+            "flowData is nested too deeply", code="invalid_flow_json"
+        ) from None
+    return secrets.flow_data_encrypt(text), flow
+
+
+def chatflow_validate(
+    *, flow_data: Any, api_config: dict[str, Any] | None = None, stored: str | None = None
+) -> Flow:
+    """Check flowData (and apiConfig's rate limit) without saving; raise EngineError/BadRequest.
+
+    For forms that report problems before saving (admin); `stored` is the saved flowData whose
+    secrets masked values stand for.
+    """
+    _, flow = _checked_flow_data(flow_data, stored)
+    ratelimit.check_config(api_config or {})
+    return flow
+
+
+@transaction.atomic
+def chatflow_create(
+    *,
+    name: str,
+    flow_data: Any,
+    deployed: bool = False,
+    is_public: bool = False,
+    chatbot_config: dict[str, Any] | None = None,
+    api_config: dict[str, Any] | None = None,
+    api_key: ApiKey | None = None,
+    id: uuid.UUID | None = None,
+) -> Chatflow:
+    """Validate the graph (raising FlowValidationError naming the node) and store the chatflow."""
+    text, flow = _checked_flow_data(flow_data)
+    ratelimit.check_config(api_config or {})
+    return Chatflow.objects.create(
+        **({"id": id} if id else {}),
+        name=name,
+        flow_data=text,
+        deployed=deployed,
+        is_public=is_public,
+        chatbot_config=chatbot_config or {},
+        api_config=api_config or {},
+        api_key=api_key,
+        is_streaming=flow.is_streaming,
+    )
+
+
+@transaction.atomic
+def chatflow_update(*, chatflow: Chatflow, **fields: Any) -> Chatflow:
+    """Change the given fields; a new flowData is validated before anything is written."""
+    if "flow_data" in fields:
+        fields["flow_data"], flow = _checked_flow_data(fields["flow_data"], chatflow.flow_data)
+        chatflow.is_streaming = flow.is_streaming
+    if "api_config" in fields:
+        ratelimit.check_config(fields["api_config"])
+    for name, value in fields.items():
+        setattr(chatflow, name, value)
+    chatflow.save()
+    return chatflow
+
+
+@transaction.atomic
+def apikey_create(*, name: str, can_manage: bool = False) -> tuple[ApiKey, str]:
+    """Create a key and return it with its raw value, which is shown once and never stored."""
+    raw = ApiKey.generate()
+    key = ApiKey(name=name, can_manage=can_manage)
+    key.set_key(raw)
+    key.save()
+    return key, raw
+
+
+@transaction.atomic
+def apikey_revoke(*, key: ApiKey) -> ApiKey:
+    """Revoke a key at once, on every process (each request looks its key up).
+
+    Chatflows bound to it stay bound and refuse every caller but staff and management keys
+    until they are given another key (fail closed, as Flowise does for a deleted key).
+    """
+    if key.revoked_at is None:
+        key.revoked_at = timezone.now()
+        key.save(update_fields=["revoked_at"])
+    return key
+
+
+# --- creating predictions ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PredictionRequest:
+    question: str
+    chat_id: str
+    session_id: str
+    streaming: bool
+    override_config: dict[str, Any]
+    history: list[dict[str, str]]
+
+
+def _enqueue(prediction: Prediction) -> None:
+    import django_rq
+    from rq import Retry
+
+    queue = django_rq.get_queue(settings.QUEUE_NAME, connection=clients.get_sync_redis())
+    retry = Retry(max=settings.JOB_MAX_ATTEMPTS - 1) if settings.JOB_MAX_ATTEMPTS > 1 else None
+    queue.enqueue_call(
+        "predictions.jobs.prediction_run_job",
+        args=(str(prediction.id),),
+        job_id=str(prediction.id),
+        retry=retry,
+        timeout=settings.PREDICTION_TIMEOUT + 60,
+        result_ttl=settings.REMOVE_ON_AGE,
+        failure_ttl=settings.REMOVE_ON_AGE,
+        description=f"prediction {prediction.id} chatflow {prediction.chatflow_id}",
+    )
+
+
+def _check_queue_length() -> None:
+    try:
+        waiting = clients.get_sync_redis().llen(f"rq:queue:{settings.QUEUE_NAME}")
+    except RedisError as exc:
+        raise QueueUnavailable(
+            "The queue is unavailable right now; retry in a few seconds",
+            headers={"Retry-After": "5"},
+        ) from exc
+    if waiting >= settings.MAX_QUEUE_LENGTH:
+        raise QueueUnavailable(
+            f"The queue is full ({waiting} waiting, MAX_QUEUE_LENGTH={settings.MAX_QUEUE_LENGTH});"
+            " retry later",
+            code="queue_full",
+            headers={"Retry-After": "10"},
+        )
+
+
+def prediction_create(*, chatflow: Chatflow, request: PredictionRequest) -> Prediction:
+    """Store a queued prediction; in queue mode enqueue its job once the row is committed.
+
+    Raises QueueUnavailable (and marks the prediction failed) when Redis refuses the job.
+    """
+    if settings.MODE == "queue" and settings.MAX_QUEUE_LENGTH:
+        _check_queue_length()
+    with transaction.atomic():
+        prediction = Prediction.objects.create(
+            chatflow=chatflow,
+            chat_id=request.chat_id,
+            session_id=request.session_id,
+            streaming=request.streaming,
+            request={
+                "question": request.question,
+                # Secrets (e.g. an allowed openAIApiKey override) are stored encrypted.
+                "overrideConfig": secrets.encrypt_secrets(request.override_config),
+                "history": request.history,
+                "streaming": request.streaming,
+            },
+        )
+    if settings.MODE == "queue":
+        try:
+            _enqueue(prediction)
+        except RedisError as exc:
+            logger.warning("prediction %s not enqueued: %s", prediction.id, exc)
+            Prediction.objects.filter(id=prediction.id).update(
+                status=PredictionStatus.FAILED,
+                error_code=QueueUnavailable.code,
+                error_message="The queue (Redis) is unavailable",
+                finished_at=timezone.now(),
+            )
+            raise QueueUnavailable(
+                "The queue is unavailable right now; retry in a few seconds",
+                headers={"Retry-After": "5"},
+            ) from exc
+    return prediction
+
+
+aprediction_create = sync_to_async(prediction_create)
+
+
+# --- running predictions (main mode task and queue-mode job alike) -----------------------------
+
+
+@lru_cache(maxsize=512)
+def _flow_for_version(version: str, flow_data: str) -> Flow:
+    return parse_flow(secrets.flow_data_decrypt(flow_data, where=f"chatflow {version}"))
+
+
+def flow_for(chatflow: Chatflow) -> Flow:
+    """Return the parsed flow of a chatflow, cached by its version."""
+    return _flow_for_version(chatflow.version, chatflow.flow_data)
+
+
+def engine_config() -> EngineConfig:
+    return EngineConfig(
+        openai_api_key=settings.OPENAI_API_KEY,
+        openai_base_url=settings.OPENAI_BASE_URL,
+        connect_timeout=settings.LLM_CONNECT_TIMEOUT,
+        read_timeout=settings.LLM_READ_TIMEOUT,
+        offline_token_delay=settings.OFFLINE_MODEL_TOKEN_DELAY_MS / 1000,
+        force_offline=settings.FLOW_LLM_PROVIDER == "offline",
+    )
+
+
+def _history_turns(prediction: Prediction, flow: Flow) -> tuple[ChatTurn, ...]:
+    turns = [
+        ChatTurn(role=item["role"], content=item["content"])
+        for item in prediction.request.get("history") or []
+    ]
+    if flow.uses_memory:
+        limit = settings.MAX_HISTORY_MESSAGES
+        if flow.memory_window is not None:
+            limit = min(limit, 2 * flow.memory_window)
+        rows = list(
+            ChatMessage.objects.filter(
+                chatflow_id=prediction.chatflow_id, session_id=prediction.session_id
+            )
+            .order_by("-created_at")
+            .values_list("role", "content")[:limit]
+        )
+        turns.extend(ChatTurn(role=role, content=content) for role, content in reversed(rows))
+    return tuple(turns)
+
+
+@transaction.atomic  # one transaction, so a retry after a lost connection counts one attempt
+def _claim(prediction_id: str, worker_name: str) -> tuple[Prediction, Flow, RunInput] | None:
+    """Mark an active prediction running and load what the run needs; None if it must not run."""
+    updated = Prediction.objects.filter(id=prediction_id, status__in=ACTIVE_STATUSES).update(
+        status=PredictionStatus.RUNNING,
+        started_at=timezone.now(),
+        attempts=F("attempts") + 1,
+        worker_name=worker_name,
+    )
+    if not updated:
+        return None
+    prediction = Prediction.objects.select_related("chatflow").get(id=prediction_id)
+    flow = flow_for(prediction.chatflow)
+    run_input = RunInput(
+        question=prediction.question,
+        history=_history_turns(prediction, flow),
+        overrides=secrets.decrypt_secrets(
+            prediction.request.get("overrideConfig") or {}, where=f"prediction {prediction_id}"
+        ),
+        chat_id=prediction.chat_id,
+        session_id=prediction.session_id,
+    )
+    return prediction, flow, run_input
+
+
+def _result_body(prediction: Prediction, text: str, memory_type: str | None, extra: dict) -> dict:
+    body: dict[str, Any] = {
+        "text": text,
+        "question": prediction.question,
+        "chatId": prediction.chat_id,
+        "chatMessageId": str(prediction.chat_message_id),
+        "isStreamValid": False,
+        "sessionId": prediction.session_id,
+    }
+    if memory_type:
+        body["memoryType"] = memory_type
+    body.update(extra)
+    return body
+
+
+@transaction.atomic
+def prediction_finish(*, prediction: Prediction, body: dict[str, Any]) -> bool:
+    """Record success and write both chat messages, unless the prediction stopped meanwhile."""
+    updated = Prediction.objects.filter(id=prediction.id, status=PredictionStatus.RUNNING).update(
+        status=PredictionStatus.SUCCEEDED, result=body, finished_at=timezone.now()
+    )
+    if not updated:
+        return False
+    now = timezone.now()
+    common = {
+        "chatflow_id": prediction.chatflow_id,
+        "prediction_id": prediction.id,
+        "chat_id": prediction.chat_id,
+        "session_id": prediction.session_id,
+        "memory_type": body.get("memoryType", ""),
+    }
+    ChatMessage.objects.bulk_create(
+        [
+            ChatMessage(
+                role=ChatMessageRole.USER, content=prediction.question, created_at=now, **common
+            ),
+            ChatMessage(
+                id=prediction.chat_message_id,
+                role=ChatMessageRole.API,
+                content=body["text"],
+                source_documents=body.get("sourceDocuments"),
+                used_tools=body.get("usedTools"),
+                created_at=now + timezone.timedelta(microseconds=1),
+                **common,
+            ),
+        ]
+    )
+    return True
+
+
+def prediction_fail(
+    *, prediction_id: str, code: str, message: str, status: str = PredictionStatus.FAILED
+) -> bool:
+    """Record a failure (or cancel) of an active prediction; never overwrite a terminal status."""
+    return bool(
+        Prediction.objects.filter(id=prediction_id, status__in=ACTIVE_STATUSES).update(
+            status=status,
+            error_code=code,
+            error_message=message[:2000],
+            finished_at=timezone.now(),
+        )
+    )
+
+
+aprediction_fail = sync_to_async(prediction_fail)
+
+
+def _drop_broken_connections() -> None:
+    """Close this thread's connections that failed and no longer answer (a database restart)."""
+    for connection in connections.all(initialized_only=True):
+        broken = connection.connection is not None and connection.errors_occurred
+        if broken and not connection.is_usable():
+            connection.close()
+
+
+async def aretry_database(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """Run a sync ORM function in the ORM thread, retrying while the database is unreachable.
+
+    For a prediction already accepted (the worker's claim and outcome, a waiting client's
+    answer): a database restart delays it instead of losing it. Gives up (re-raises) after
+    DATABASE_RETRY_SECONDS. Each call is one transaction at most, so a retry never writes half.
+    """
+    loop = asyncio.get_running_loop()
+    give_up_at = loop.time() + DATABASE_RETRY_SECONDS
+    delay = 0.1
+    while True:
+        try:
+            return await sync_to_async(fn)(*args, **kwargs)
+        except (OperationalError, InterfaceError) as exc:
+            await sync_to_async(_drop_broken_connections)()
+            if loop.time() + delay > give_up_at:
+                raise
+            logger.warning("database unavailable, retrying %s: %s", fn.__name__, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
+async def acancel_requested(prediction_id: str) -> bool:
+    if settings.MODE == "queue":
+        return bool(await clients.get_async_redis().exists(cancel_key(prediction_id)))
+    return local.cancel_requested(prediction_id)
+
+
+async def aprediction_run(prediction_id: str, *, worker_name: str = "") -> None:
+    """Run a prediction: claim it, run the engine, record the outcome and emit its events.
+
+    Emits start, tokens (for streaming requests), then metadata + end on success, error + end on
+    failure, abort + end on cancel. A CancelledError that is not a requested cancel (worker
+    shutdown) propagates without a terminal status, so the job can run again.
+    """
+    transport = get_transport()
+    publisher: Publisher | None = None
+    try:
+        claimed = await aretry_database(_claim, prediction_id, worker_name)
+        if claimed is None:
+            logger.info("prediction %s not run: no longer active", prediction_id)
+            return
+        prediction, flow, run_input = claimed
+        # Redis may be restarting: wait for it rather than drop a claimed prediction.
+        what = f"prediction {prediction_id}"
+        seq = await aretry_redis(lambda: transport.last_seq(prediction_id), what=what)
+        publisher = Publisher(transport, prediction_id, start_seq=seq)
+        if await aretry_redis(lambda: acancel_requested(prediction_id), what=what):
+            await metrics.acount(metrics.CANCEL_MARKER_HITS)  # metrics
+            await _aend_cancelled(prediction_id, publisher)
+            return
+        logger.info("prediction %s started (attempt %s)", prediction_id, prediction.attempts)
+        metrics.prediction_started(prediction)  # metrics
+        if prediction.attempts > 1 and publisher.seq:
+            # An earlier attempt left events: drop them and mark where this one begins. (A
+            # stream deleted meanwhile, e.g. by an admin retry, starts afresh from seq 1.)
+            await aretry_redis(lambda: transport.restart(prediction_id), what=what)
+            await publisher.emit("retry", {"attempt": prediction.attempts})
+        await publisher.emit("start", "")
+        await _arun_engine(prediction, flow, run_input, publisher)
+    except asyncio.CancelledError:
+        if await asyncio.shield(acancel_requested(prediction_id)):
+            if publisher is None:
+                seq = await asyncio.shield(transport.last_seq(prediction_id))
+                publisher = Publisher(transport, prediction_id, start_seq=seq)
+            await asyncio.shield(_aend_cancelled(prediction_id, publisher))
+        raise
+
+
+async def _arun_engine(
+    prediction: Prediction, flow: Flow, run_input: RunInput, publisher: Publisher
+) -> None:
+    prediction_id = str(prediction.id)
+    task = asyncio.current_task()
+
+    def raise_if_cancelled() -> None:
+        # Some libraries swallow a cancellation that lands while they wait on a thread
+        # (asgiref's sync_to_async returns the thread's result instead); honour it here.
+        if task is not None and task.cancelling():
+            logger.debug("prediction %s: cancellation swallowed below; re-raising", prediction_id)
+            raise asyncio.CancelledError
+
+    async def emit(name: str, data: Any) -> None:
+        raise_if_cancelled()
+        metrics.prediction_event(prediction_id, name)  # metrics
+        if name != "token" or prediction.streaming:
+            await publisher.emit(name, data)
+
+    try:
+        async with asyncio.timeout(settings.PREDICTION_TIMEOUT):
+            result = await run_flow(
+                flow, run_input, emit=emit, config=engine_config(), http=clients.get_http_client()
+            )
+    except TimeoutError:
+        message = (
+            f"The prediction took longer than PREDICTION_TIMEOUT={settings.PREDICTION_TIMEOUT}s"
+        )
+        await _aend_failed(prediction_id, publisher, "prediction_timeout", message)
+        return
+    except EngineError as exc:
+        await _aend_failed(prediction_id, publisher, exc.code, exc.message)
+        return
+    except Exception:
+        logger.exception("prediction %s failed unexpectedly", prediction_id)
+        await _aend_failed(prediction_id, publisher, "internal_error", "Internal error")
+        raise
+    extra: dict[str, Any] = {}
+    if result.source_documents:
+        extra["sourceDocuments"] = result.source_documents
+    if result.used_tools:
+        extra["usedTools"] = result.used_tools
+    raise_if_cancelled()
+    body = _result_body(prediction, result.text, result.memory_type, extra)
+    if not await aretry_database(prediction_finish, prediction=prediction, body=body):
+        # Stopped meanwhile (by a cancel, which ends the stream itself, or by the web side's
+        # deadline), or the first try committed before its connection broke.
+        logger.info("prediction %s finished after it was stopped; answer dropped", prediction_id)
+        await _aend_as_stored(prediction_id, publisher)
+        return
+    for name, data in extra.items():
+        await publisher.emit(name, data)
+    await publisher.emit("metadata", _metadata(body))
+    await publisher.emit("end", DONE)
+    logger.info("prediction %s succeeded", prediction_id)
+    metrics.prediction_succeeded(prediction_id)  # metrics
+
+
+def _metadata(body: dict[str, Any]) -> dict[str, Any]:
+    meta = {k: body[k] for k in ("chatId", "chatMessageId", "question", "sessionId") if k in body}
+    if "memoryType" in body:
+        meta["memoryType"] = body["memoryType"]
+    return meta
+
+
+async def _aend_failed(prediction_id: str, publisher: Publisher, code: str, message: str) -> None:
+    logger.info("prediction %s failed: %s", prediction_id, code)
+    if await aretry_database(
+        prediction_fail, prediction_id=prediction_id, code=code, message=message
+    ):
+        await metrics.aprediction_failed(prediction_id, code)  # metrics
+        await publisher.emit("error", message)
+        await publisher.emit("end", DONE)
+
+
+async def _aend_cancelled(prediction_id: str, publisher: Publisher) -> None:
+    logger.info("prediction %s cancelled", prediction_id)
+    if await aretry_database(
+        prediction_fail,
+        prediction_id=prediction_id,
+        code="cancelled",
+        message="Stopped by request",
+        status=PredictionStatus.CANCELLED,
+    ):
+        await metrics.aprediction_cancelled(prediction_id)  # metrics
+        await publisher.emit("abort", DONE)
+        await publisher.emit("end", DONE)
+        return
+    # The stop lost the race to a terminal status (e.g. it came while the answer was being
+    # saved): end the stream as the database says it ended.
+    await _aend_as_stored(prediction_id, publisher)
+
+
+async def _aend_as_stored(prediction_id: str, publisher: Publisher) -> None:
+    """End the stream as the database says the prediction ended."""
+    prediction = await aretry_database(Prediction.objects.get, id=prediction_id)
+    if prediction.status == PredictionStatus.SUCCEEDED and prediction.result:
+        await publisher.emit("metadata", _metadata(prediction.result))
+    elif prediction.status == PredictionStatus.CANCELLED:
+        await publisher.emit("abort", DONE)
+    else:
+        await publisher.emit("error", prediction.error_message or "The prediction failed")
+    await publisher.emit("end", DONE)
+
+
+# --- cancel ------------------------------------------------------------------------------------
+
+
+def _signal_worker(prediction_id: str) -> None:
+    from rq.command import send_stop_job_command
+    from rq.exceptions import InvalidJobOperation, NoSuchJobError
+
+    try:
+        send_stop_job_command(clients.get_sync_redis(), prediction_id)
+        metrics.count(metrics.CANCEL_DISPATCHED)  # metrics
+    except (InvalidJobOperation, NoSuchJobError) as exc:
+        logger.info("prediction %s: no running job to stop (%s)", prediction_id, exc)
+
+
+async def aprediction_cancel(*, prediction: Prediction) -> str:
+    """Stop a prediction wherever it is; return its status afterwards.
+
+    Sets the cancel marker first, so a worker that claims the job later never runs it; a queued
+    prediction is cancelled here (abort + end emitted); a running one is stopped by its runner.
+    """
+    pid = str(prediction.id)
+    if prediction.is_terminal():
+        return prediction.status
+    if settings.MODE == "queue":
+        await clients.get_async_redis().set(cancel_key(pid), "1", ex=CANCEL_MARKER_TTL)
+        await metrics.acount(metrics.CANCEL_PUBLISHED)  # metrics
+    else:
+        local.request_cancel(pid)
+    won = await sync_to_async(
+        lambda: Prediction.objects.filter(id=pid, status=PredictionStatus.QUEUED).update(
+            status=PredictionStatus.CANCELLED,
+            error_code="cancelled",
+            error_message="Stopped by request",
+            finished_at=timezone.now(),
+        )
+    )()
+    transport = get_transport()
+    if won:
+        await metrics.aprediction_cancelled(pid, prediction.chatflow_id)  # metrics
+        publisher = Publisher(transport, pid, start_seq=await transport.last_seq(pid))
+        await publisher.emit("abort", DONE)
+        await publisher.emit("end", DONE)
+        return PredictionStatus.CANCELLED
+    if settings.MODE == "queue":
+        await sync_to_async(_signal_worker, thread_sensitive=False)(pid)
+    else:
+        local.cancel_task(pid)
+    return PredictionStatus.CANCELLED
+
+
+# --- lost workers ------------------------------------------------------------------------------
+
+WORKER_LOST_MESSAGE = (
+    "The worker running this prediction stopped answering (killed or lost); it was not retried"
+)
+
+
+async def _aend_lost(prediction_id: str) -> None:
+    transport = get_transport()
+    if await aprediction_fail(
+        prediction_id=prediction_id, code="worker_lost", message=WORKER_LOST_MESSAGE
+    ):
+        await metrics.aprediction_failed(prediction_id, "worker_lost")  # metrics
+        publisher = Publisher(
+            transport, prediction_id, start_seq=await transport.last_seq(prediction_id)
+        )
+        await publisher.emit("error", WORKER_LOST_MESSAGE)
+        await publisher.emit("end", DONE)
+        logger.warning("prediction %s failed: worker_lost", prediction_id)
+
+
+def predictions_mark_lost(job_ids: list[str]) -> None:
+    """Fail the predictions of jobs whose worker died (the worker's abandoned-job sweep).
+
+    Each gets status failed, code worker_lost, and `error` + `end` on its stream, so waiting
+    clients answer instead of hanging.
+    """
+    from asgiref.sync import async_to_sync
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job, JobStatus
+
+    failed = []
+    for job_id in job_ids:
+        try:
+            status = Job.fetch(job_id, connection=clients.get_sync_redis()).get_status()
+        except NoSuchJobError:
+            status = None
+        # A job with retries left is back in the queue: its next attempt restarts the stream.
+        if status in (None, JobStatus.FAILED, JobStatus.STOPPED):
+            failed.append(job_id)
+
+    async def run() -> None:
+        for job_id in failed:
+            await _aend_lost(job_id)
+
+    async_to_sync(run)()

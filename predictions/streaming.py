@@ -1,0 +1,62 @@
+"""Group names, stream keys and the SSE frame format: the one definition of the wire format."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypedDict
+
+STREAM_KEY_PREFIX = "flowsite:events:"
+CANCEL_KEY_PREFIX = "flowsite:cancel:"
+CHANNEL_EVENT_TYPE = "prediction.event"
+
+TERMINAL_EVENT = "end"
+DONE = "[DONE]"
+
+
+class Event(TypedDict):
+    seq: int
+    event: str
+    data: Any
+
+
+def group_name(prediction_id: object) -> str:
+    """Return the channel-layer group of a prediction (`prediction.<uuid>`)."""
+    return f"prediction.{prediction_id}"
+
+
+def stream_key(prediction_id: object) -> str:
+    return f"{STREAM_KEY_PREFIX}{prediction_id}"
+
+
+def cancel_key(prediction_id: object) -> str:
+    return f"{CANCEL_KEY_PREFIX}{prediction_id}"
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def sse_frame(event: Event) -> bytes:
+    """Encode one event as Flowise's SSE frame, with our `id:` line for Last-Event-ID resume."""
+    payload = _dumps({"event": event["event"], "data": event["data"]})
+    return f"message:\ndata:{payload}\nid:{event['seq']}\n\n".encode()
+
+
+SSE_HEARTBEAT = b":heartbeat\n\n"
+
+
+def encode_event(event: Event) -> dict[str, str]:
+    """Return the fields of a Redis Stream entry for an event."""
+    return {"e": event["event"], "d": _dumps(event["data"])}
+
+
+def decode_event(entry_id: bytes | str, fields: dict[Any, Any]) -> Event:
+    """Rebuild an event from a Redis Stream entry whose id is `0-<seq>`."""
+    raw_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    name = fields.get(b"e", fields.get("e"))
+    data = fields.get(b"d", fields.get("d"))
+    if isinstance(name, bytes):
+        name = name.decode()
+    if isinstance(data, bytes):
+        data = data.decode()
+    return Event(seq=int(raw_id.split("-", 1)[1]), event=str(name), data=json.loads(data))

@@ -1,0 +1,221 @@
+"""predictions.services: chatflows, keys, and the prediction lifecycle rules (main mode)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from asgiref.sync import sync_to_async
+
+from predictions import services
+from predictions.engine import FlowValidationError
+from predictions.events import get_transport
+from predictions.models import Chatflow, ChatMessage, Prediction, PredictionStatus
+from tests.conftest import offline_flow
+from tests.unit.engine.flows import conversation, flow_json
+
+UNKNOWN_NODE_FLOW = flow_json([conversation("conversationChain_0", model="nowhere_0")])
+
+
+def _request(**fields) -> services.PredictionRequest:
+    values = {
+        "question": "hi",
+        "chat_id": "chat-1",
+        "session_id": "chat-1",
+        "streaming": True,
+        "override_config": {},
+        "history": [],
+    }
+    values.update(fields)
+    return services.PredictionRequest(**values)
+
+
+# --- chatflows and keys -------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_chatflow_create_stores_flow_data_as_a_json_string():
+    flow_object = json.loads(offline_flow())
+
+    chatflow = services.chatflow_create(name="f", flow_data=flow_object)
+
+    chatflow.refresh_from_db()
+    assert isinstance(chatflow.flow_data, str)
+    assert json.loads(chatflow.flow_data) == flow_object
+    assert chatflow.is_streaming is True
+
+
+@pytest.mark.django_db
+def test_chatflow_create_refuses_an_invalid_flow_and_stores_nothing():
+    with pytest.raises(FlowValidationError) as excinfo:
+        services.chatflow_create(name="f", flow_data=UNKNOWN_NODE_FLOW)
+
+    assert excinfo.value.code == "dangling_reference"
+    assert "nowhere_0" in excinfo.value.message
+    assert not Chatflow.objects.exists()
+
+
+@pytest.mark.django_db
+def test_chatflow_update_refuses_an_invalid_flow_and_changes_nothing(make_chatflow):
+    chatflow = make_chatflow(name="before")
+    flow_data = chatflow.flow_data
+
+    with pytest.raises(FlowValidationError):
+        services.chatflow_update(chatflow=chatflow, name="after", flow_data=UNKNOWN_NODE_FLOW)
+
+    stored = Chatflow.objects.get(id=chatflow.id)
+    assert stored.name == "before"
+    assert stored.flow_data == flow_data
+
+
+@pytest.mark.django_db
+def test_apikey_create_returns_the_raw_key_and_stores_its_hash():
+    key, raw = services.apikey_create(name="k", can_manage=True)
+
+    key.refresh_from_db()
+    assert key.matches(raw)
+    assert not key.matches(raw + "x")
+    assert raw not in (key.key_hash, key.prefix)
+    assert key.can_manage is True
+
+
+# --- prediction lifecycle -----------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_prediction_create_stores_a_queued_prediction_in_main_mode(make_chatflow):
+    chatflow = make_chatflow()
+
+    prediction = services.prediction_create(chatflow=chatflow, request=_request())
+
+    prediction.refresh_from_db()
+    assert prediction.status == PredictionStatus.QUEUED
+    assert prediction.request == {
+        "question": "hi",
+        "overrideConfig": {},
+        "history": [],
+        "streaming": True,
+    }
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "status", [PredictionStatus.SUCCEEDED, PredictionStatus.FAILED, PredictionStatus.CANCELLED]
+)
+def test_prediction_fail_never_overwrites_a_terminal_status(make_chatflow, status):
+    prediction = services.prediction_create(chatflow=make_chatflow(), request=_request())
+    Prediction.objects.filter(id=prediction.id).update(status=status, error_code="")
+
+    changed = services.prediction_fail(prediction_id=str(prediction.id), code="x", message="y")
+
+    prediction.refresh_from_db()
+    assert changed is False
+    assert prediction.status == status
+    assert prediction.error_code == ""
+
+
+@pytest.mark.django_db
+def test_prediction_finish_refuses_a_prediction_that_is_not_running(make_chatflow):
+    prediction = services.prediction_create(chatflow=make_chatflow(), request=_request())
+    services.prediction_fail(
+        prediction_id=str(prediction.id),
+        code="cancelled",
+        message="stopped",
+        status=PredictionStatus.CANCELLED,
+    )
+
+    finished = services.prediction_finish(prediction=prediction, body={"text": "late"})
+
+    prediction.refresh_from_db()
+    assert finished is False
+    assert prediction.status == PredictionStatus.CANCELLED
+    assert prediction.result is None
+    assert not ChatMessage.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_prediction_run_does_not_run_a_cancelled_prediction(make_chatflow):
+    chatflow = await sync_to_async(make_chatflow)()
+    prediction = await services.aprediction_create(chatflow=chatflow, request=_request())
+    await services.aprediction_cancel(prediction=prediction)
+
+    await services.aprediction_run(str(prediction.id))
+
+    await prediction.arefresh_from_db()
+    assert prediction.status == PredictionStatus.CANCELLED
+    assert prediction.attempts == 0
+    assert await ChatMessage.objects.acount() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_prediction_cancel_of_a_queued_prediction_emits_abort_and_end(make_chatflow):
+    chatflow = await sync_to_async(make_chatflow)()
+    prediction = await services.aprediction_create(chatflow=chatflow, request=_request())
+
+    status = await services.aprediction_cancel(prediction=prediction)
+
+    assert status == PredictionStatus.CANCELLED
+    await prediction.arefresh_from_db()
+    assert prediction.status == PredictionStatus.CANCELLED
+    read = get_transport().read(str(prediction.id), after_seq=0, heartbeat=1)
+    names = [event["event"] async for event in read if event is not None]
+    assert names == ["abort", "end"]
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_prediction_cancel_of_a_finished_prediction_changes_nothing(make_chatflow):
+    chatflow = await sync_to_async(make_chatflow)()
+    prediction = await services.aprediction_create(chatflow=chatflow, request=_request())
+    await services.aprediction_run(str(prediction.id))
+    await prediction.arefresh_from_db()
+
+    status = await services.aprediction_cancel(prediction=prediction)
+
+    assert status == PredictionStatus.SUCCEEDED
+    await prediction.arefresh_from_db()
+    assert prediction.status == PredictionStatus.SUCCEEDED
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_prediction_run_emits_start_tokens_metadata_end(make_chatflow):
+    chatflow = await sync_to_async(make_chatflow)(flow_data=offline_flow(tokens=3))
+    prediction = await services.aprediction_create(chatflow=chatflow, request=_request())
+
+    await services.aprediction_run(str(prediction.id), worker_name="test")
+
+    read = get_transport().read(str(prediction.id), after_seq=0, heartbeat=1)
+    got = [(e["event"], e["data"]) async for e in read if e is not None]
+    assert [name for name, _ in got] == ["start", "token", "token", "token", "metadata", "end"]
+    await prediction.arefresh_from_db()
+    assert prediction.worker_name == "test"
+    assert prediction.attempts == 1
+    assert prediction.result["text"] == "tok0 tok1 tok2 "
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_prediction_run_without_streaming_emits_no_tokens(make_chatflow):
+    chatflow = await sync_to_async(make_chatflow)(flow_data=offline_flow(tokens=3))
+    prediction = await services.aprediction_create(
+        chatflow=chatflow, request=_request(streaming=False)
+    )
+
+    await services.aprediction_run(str(prediction.id))
+
+    read = get_transport().read(str(prediction.id), after_seq=0, heartbeat=1)
+    names = [e["event"] async for e in read if e is not None]
+    assert names == ["start", "metadata", "end"]
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_prediction_run_memory_reads_at_most_max_history_messages(make_chatflow, settings):
+    settings.MAX_HISTORY_MESSAGES = 2
+    chatflow = await sync_to_async(make_chatflow)()
+    for question in ("one", "two", "three"):
+        prediction = await services.aprediction_create(
+            chatflow=chatflow, request=_request(question=question)
+        )
+        await services.aprediction_run(str(prediction.id))
+
+    await prediction.arefresh_from_db()
+    assert "I remember 2 earlier messages" in prediction.result["text"]
+    assert await ChatMessage.objects.acount() == 6
