@@ -36,9 +36,14 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
+# Line breaks to Python's str.splitlines (httpx's iter_lines, httpx-sse) that JSON leaves raw:
+# escaped, so a data line never splits in a client.
+_LINE_BREAKS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
+
+
 def sse_frame(event: Event) -> bytes:
     """Encode one event as Flowise's SSE frame, with our `id:` line for Last-Event-ID resume."""
-    payload = _dumps({"event": event["event"], "data": event["data"]})
+    payload = _dumps({"event": event["event"], "data": event["data"]}).translate(_LINE_BREAKS)
     return f"message:\ndata:{payload}\nid:{event['seq']}\n\n".encode()
 
 

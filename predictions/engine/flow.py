@@ -68,6 +68,10 @@ def _decode(flow_data: str | bytes | Mapping[str, Any]) -> Mapping[str, Any]:
             raise FlowValidationError(
                 f"flowData is not valid JSON: {exc}", code="invalid_flow_json"
             ) from None
+        except RecursionError:
+            raise FlowValidationError(
+                "flowData is not valid JSON: nested too deeply", code="invalid_flow_json"
+            ) from None
     if not isinstance(flow_data, Mapping):
         raise FlowValidationError(
             'flowData must be a JSON object with "nodes" and "edges"', code="invalid_flow_json"

@@ -96,13 +96,6 @@ def test_parse_flow_refuses_arbitrary_text_with_flow_validation_error(text):
     _parses_or_refuses(text)
 
 
-@pytest.mark.xfail(
-    reason="predictions/engine/flow.py: _decode catches ValueError only, so JSON nested past "
-    "Python's recursion limit raises RecursionError (services.chatflow_create/update turn it "
-    "into FlowValidationError, so the API answers 400)",
-    raises=RecursionError,
-    strict=False,
-)
 def test_parse_flow_refuses_json_nested_past_the_recursion_limit():
     _parses_or_refuses("[" * 5000 + "]" * 5000)
 
@@ -174,13 +167,6 @@ def test_events_round_trip_through_the_redis_stream_encoding(event):
     assert decode_event(f"0-{event['seq']}".encode(), raw) == event
 
 
-@pytest.mark.xfail(
-    reason="predictions/streaming.py: sse_frame writes U+2028, U+2029 and U+0085 unescaped "
-    "(ensure_ascii=False); Python clients reading lines with str.splitlines semantics (httpx's "
-    "iter_lines, httpx-sse) split the data line there",
-    raises=json.JSONDecodeError,
-    strict=False,
-)
 @pytest.mark.parametrize("char", ["\u2028", "\u2029", "\x85"])
 def test_sse_data_lines_survive_python_line_splitting(char):
     import httpx
