@@ -149,6 +149,63 @@ def return_to_queue(worker: ConcurrentWorker, job: Job, queue: Queue) -> None:
     logger.info("worker %s: job %s returned unstarted to %s", worker.name, job.id, queue.name)
 
 
+STRANDED_SEEN_TEMPLATE = RQ_KEY_PREFIX + ":flowsite:stranded-seen:{0}"
+# Moves a job id from the intermediate queue back to the head of its queue if it is still there
+# and still QUEUED (a job that is gone or ended is only dropped from the list): atomic, so two
+# sweeping workers never push it twice, and a started job is left to the abandoned-job sweep.
+_RESCUE_SCRIPT = """
+local status = redis.call('HGET', KEYS[3], 'status')
+if status == 'started' then return 0 end
+if redis.call('LREM', KEYS[1], 0, ARGV[1]) == 0 then return 0 end
+redis.call('DEL', KEYS[4])
+if status ~= 'queued' then return 0 end
+redis.call('LPUSH', KEYS[2], ARGV[1])
+return 1
+"""
+
+
+def rescue_stranded(worker: ConcurrentWorker, grace_seconds: float) -> list[str]:
+    """Requeue jobs left in a queue's intermediate list by a dequeue that Redis cut short.
+
+    rq's dequeue moves a job id to the intermediate queue, then fetches the job and registers
+    it as started; a connection lost in between (a Redis restart) strands the id there, and rq's
+    own cleanup fails it only minutes later. A job that has sat there, not started, for longer
+    than `grace_seconds` (far longer than a dequeue takes) goes back to the head of its queue,
+    unchanged, for any worker to run. Returns the ids it requeued.
+    """
+    rescue = worker.connection.register_script(_RESCUE_SCRIPT)
+    rescued: list[str] = []
+    for queue in worker.queues:
+        job_ids = [
+            as_text(j) for j in worker.connection.lrange(queue.intermediate_queue_key, 0, -1)
+        ]
+        for job_id in job_ids:
+            seen_key = STRANDED_SEEN_TEMPLATE.format(job_id)
+            first_seen = worker.connection.get(seen_key)
+            if first_seen is None:
+                worker.connection.set(
+                    seen_key, current_timestamp(), nx=True, ex=int(grace_seconds) * 10 + 60
+                )
+                continue
+            if current_timestamp() - float(first_seen) < grace_seconds:
+                continue
+            keys = [
+                queue.intermediate_queue_key,
+                queue.key,
+                worker.job_class.key_for(job_id),
+                seen_key,
+            ]
+            if rescue(keys=keys, args=[job_id]):
+                rescued.append(job_id)
+    if rescued:
+        logger.warning(
+            "worker %s: requeued jobs a cut-off dequeue left unstarted: %s",
+            worker.name,
+            ", ".join(rescued),
+        )
+    return rescued
+
+
 TRIM_LOCK_TEMPLATE = "flowsite:trim-lock:{}"
 # Jobs removed per registry per sweep, so one sweep stays short however large the backlog.
 TRIM_BATCH = 1000

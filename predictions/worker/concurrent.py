@@ -28,7 +28,10 @@ exercises each of them.
   taken for abandoned (the bound then counts from Redis's return).
 - Redis outages: dequeues back off (at most REDIS_BACKOFF_MAX_SECONDS between tries) and
   recording a job's outcome is retried for up to BOOKKEEPING_RETRY_SECONDS, so a Redis restart
-  delays jobs instead of failing them.
+  delays jobs instead of failing them. A job whose dequeue or start Redis cut short (its id left
+  in rq's intermediate queue, never started) is put back at the head of its queue by the next
+  sweep after `heartbeat_ttl` seconds (`bookkeeping.rescue_stranded`), instead of waiting for
+  rq's cleanup to fail it minutes later.
 - Stop: `cancel_job(job_id)`, rq's `send_stop_job_command` and `send_stop_execution_command`
   cancel that job's task, whichever execution it is; the job is recorded as rq records a stopped
   job (status STOPPED, in FailedJobRegistry, never retried). A job whose task is cancelled any
@@ -571,6 +574,18 @@ class ConcurrentWorker(BaseWorker):
         try:
             try:
                 await self._in_thread(self._bookkeeping, self._prepare, record)
+            except REDIS_DOWN as exc:
+                # Never started: the id stays in the intermediate queue (or, if the start did
+                # reach Redis, its execution stops heartbeating); the sweep requeues it or
+                # fails it as lost, so it is neither run twice nor left waiting.
+                logger.warning(
+                    "worker %s: could not start job %s, Redis unreachable (%s); the sweep "
+                    "requeues it",
+                    self.name,
+                    job.id,
+                    exc,
+                )
+                return
             except Exception:
                 # As rq's perform_job: a failure to start is the job's failure.
                 logger.exception("worker %s: could not start job %s", self.name, job.id)
@@ -819,6 +834,7 @@ class ConcurrentWorker(BaseWorker):
             bookkeeping.trim_registries(self, int(max_count))
 
     def _sweep(self) -> None:
+        bookkeeping.rescue_stranded(self, grace_seconds=self.heartbeat_ttl)
         abandoned = bookkeeping.sweep_abandoned(self)
         if not abandoned:
             return

@@ -356,3 +356,45 @@ def test_worker_trims_finished_jobs_to_remove_on_count(make_worker, queue, setti
     assert len(gone) == 7
     assert not any(queue.connection.exists(job.key) for job in gone)
     assert all(queue.connection.exists(f"rq:job:{job_id}") for job_id in kept)
+
+
+def test_rescue_requeues_a_job_a_cut_off_dequeue_stranded(
+    queue: Queue, make_worker: MakeWorker
+) -> None:
+    from predictions.worker import bookkeeping
+
+    job = queue.enqueue(jobs.sleep_job, 0)
+    # What rq's dequeue does first; a connection lost right after leaves the id here.
+    queue.connection.lmove(queue.key, queue.intermediate_queue_key)
+    worker = make_worker()
+
+    assert bookkeeping.rescue_stranded(worker, grace_seconds=0) == []  # first seen: wait
+    assert bookkeeping.rescue_stranded(worker, grace_seconds=60) == []  # not long enough
+    assert bookkeeping.rescue_stranded(worker, grace_seconds=0) == [job.id]
+
+    assert queue.get_job_ids() == [job.id]
+    assert queue.connection.llen(queue.intermediate_queue_key) == 0
+    worker.work(burst=True)
+    assert job.get_status() == JobStatus.FINISHED
+
+
+def test_rescue_leaves_started_jobs_and_drops_ended_ones(
+    queue: Queue, make_worker: MakeWorker
+) -> None:
+    from predictions.worker import bookkeeping
+
+    started = queue.enqueue(jobs.sleep_job, 0)
+    ended = queue.enqueue(jobs.sleep_job, 0)
+    for _ in range(2):
+        queue.connection.lmove(queue.key, queue.intermediate_queue_key)
+    started.set_status(JobStatus.STARTED)
+    ended.set_status(JobStatus.CANCELED)
+    worker = make_worker()
+
+    bookkeeping.rescue_stranded(worker, grace_seconds=0)
+    assert bookkeeping.rescue_stranded(worker, grace_seconds=0) == []
+
+    assert queue.get_job_ids() == []
+    assert [as_text(j) for j in queue.connection.lrange(queue.intermediate_queue_key, 0, -1)] == [
+        started.id
+    ]
