@@ -91,6 +91,20 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
 else:
     _db.setdefault("OPTIONS", {})
     _db["OPTIONS"].setdefault("connect_timeout", 5)
+    # A pool per process (psycopg_pool): under ASGI every request runs its queries in a thread
+    # of its own, which would otherwise open (and PostgreSQL fork) a new connection each time,
+    # without any cap on how many are open at once.
+    _pool_size = env.int("DATABASE_POOL_SIZE", 20, min_value=0, example="20")
+    if _pool_size:
+        _db["ENGINE"] = "flowsite.postgresql"  # Django's backend with a pool that fails fast
+        _db["OPTIONS"]["pool"] = {
+            "min_size": 1,
+            "max_size": _pool_size,
+            # How long a request waits for a free connection, or for an unreachable database,
+            # before it is refused with 503 database_unavailable.
+            "timeout": env.float("DATABASE_POOL_TIMEOUT", 2.0, min_value=0.1, example="2"),
+            "max_idle": 300,
+        }
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -135,3 +135,30 @@ def test_settings_secret_key_from_environment_is_used_as_is(tmp_path) -> None:
 
     assert result.stdout.strip() == key
     assert not (tmp_path / "secret_key").exists()
+
+
+PRINT_POOL = (
+    "from django.conf import settings; print(settings.DATABASES['default']['OPTIONS'].get('pool'))"
+)
+
+
+def test_postgres_gets_a_bounded_connection_pool(tmp_path: Path) -> None:
+    started = _start(
+        PRINT_POOL,
+        tmp_path,
+        DATABASE_URL="postgres://u@db:5432/x",
+        DATABASE_POOL_SIZE="7",
+        DATABASE_POOL_TIMEOUT="1.5",
+    )
+    assert started.returncode == 0, started.stderr
+    assert started.stdout.strip() == (
+        "{'min_size': 1, 'max_size': 7, 'timeout': 1.5, 'max_idle': 300}"
+    )
+
+
+def test_database_pool_size_zero_turns_the_pool_off(tmp_path: Path) -> None:
+    started = _start(
+        PRINT_POOL, tmp_path, DATABASE_URL="postgres://u@db:5432/x", DATABASE_POOL_SIZE="0"
+    )
+    assert started.returncode == 0, started.stderr
+    assert started.stdout.strip() == "None"

@@ -1,0 +1,118 @@
+"""PostgreSQL backend whose connection pool refuses at once while the database is unreachable.
+
+Django's built-in pool (`OPTIONS["pool"]`, psycopg_pool) lets a request wait its whole timeout
+while the pool's background worker retries the server with backoff (1 s, 2 s, 4 s…), and sleeps
+with that backoff after a pooled connection fails its check, as every idle connection does after
+a database restart. Flowsite promises to fail fast (503 database_unavailable) during an outage
+and to recover as soon as the database is back, so the pool here:
+
+- once a connection attempt failed, lets each caller try one connection of its own first
+  (refused within milliseconds while the server is away; added to the pool when it is back);
+- on a failed check, drops every idle connection (they all predate the restart) and goes on at
+  once, without sleeping;
+- waits for a busy pool in short slices, so a caller that began waiting before the server went
+  away is refused then too.
+
+psycopg-pool is pinned: this overrides two of its private methods.
+"""
+
+from __future__ import annotations
+
+import threading
+from time import monotonic
+from typing import Any
+
+from django.db.backends.postgresql import base
+from psycopg import OperationalError
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+
+# How long a caller waits for a pooled connection before it looks at the server's state again.
+WAIT_SLICE_SECONDS = 0.25
+
+
+class FailFastPool(ConnectionPool):
+    """A psycopg_pool ConnectionPool that never waits out its timeout for an absent database."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._unreachable = False
+        self._probing = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def _connect(self, timeout: float | None = None) -> Any:
+        try:
+            conn = super()._connect(timeout)
+        except OperationalError:
+            self._unreachable = True
+            raise
+        self._unreachable = False
+        return conn
+
+    def _reconnect_now(self) -> None:
+        """Connect once, now: refuse the caller if that fails, else pool the new connection."""
+        if not self._probing.acquire(blocking=False):
+            raise PoolTimeout("the database is unreachable (another request is retrying it)")
+        try:
+            if not self._unreachable:
+                return
+            try:
+                conn = self._connect()
+            except OperationalError as exc:
+                raise PoolTimeout(f"the database is unreachable: {exc}") from exc
+            self.drain()  # idle connections from before the outage are broken
+            with self._lock:
+                self._nconns += 1
+            self._add_to_pool(conn)
+        finally:
+            self._probing.release()
+
+    def _getconn_with_check_loop(self, deadline: float) -> Any:
+        while True:
+            if self._unreachable:
+                self._reconnect_now()
+            remaining = deadline - monotonic()
+            try:
+                # Wait in slices, to notice a server that went away meanwhile.
+                conn = self._getconn_unchecked(min(remaining, WAIT_SLICE_SECONDS))
+            except PoolTimeout:
+                if remaining <= WAIT_SLICE_SECONDS:
+                    raise
+                continue
+            try:
+                self._check_connection(conn)
+            except Exception:
+                # The server went away, or restarted: either way no idle connection is good.
+                self._putconn(conn, from_getconn=True)
+                self.drain()
+                self._unreachable = True  # so the next turn connects now, or refuses at once
+                continue
+            except BaseException:
+                self._putconn(conn, from_getconn=True)
+                raise
+            return conn
+
+
+class DatabaseWrapper(base.DatabaseWrapper):
+    @property
+    def pool(self) -> FailFastPool | None:
+        """Django's `pool`, built as a FailFastPool (same options, same sharing per alias)."""
+        pool_options = self.settings_dict["OPTIONS"].get("pool")
+        if self.alias == base.NO_DB_ALIAS or not pool_options:
+            return None
+        if self.alias not in self._connection_pools:
+            connect_kwargs = self.get_connection_params()
+            connect_kwargs["autocommit"] = True  # as Django's: it sets its own mode later
+            check = (
+                ConnectionPool.check_connection
+                if self.settings_dict["CONN_HEALTH_CHECKS"]
+                else None
+            )
+            pool = FailFastPool(
+                kwargs=connect_kwargs,
+                open=False,
+                configure=self._configure_connection,
+                check=check,
+                **({} if pool_options is True else pool_options),
+            )
+            self._connection_pools.setdefault(self.alias, pool)
+        return self._connection_pools[self.alias]
