@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -16,6 +18,8 @@ from .types import Message
 logger = logging.getLogger(__name__)
 
 DETAIL_LIMIT = 200
+# After `data: [DONE]`, how long the rest of a streamed body may take before it is dropped.
+DRAIN_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -125,15 +129,23 @@ class OpenAIChatModel:
                     if content:
                         yield content
                     return
-                async for line in response.aiter_lines():
+                lines = response.aiter_lines()
+                async for line in lines:
                     if not line.startswith("data:"):
                         continue  # blank separators, ": comments", event:/id:/retry: fields
                     payload = line[5:].strip()
                     if payload == "[DONE]":
-                        return
+                        break
                     delta = self._chunk_content(payload)
                     if delta:
                         yield delta
+                # Read the body to its end, so the connection goes back to the pool instead of
+                # being closed (a new TCP and TLS handshake for the next call); a server that
+                # keeps the stream open after [DONE] gets a moment, then is hung up on.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(DRAIN_SECONDS):
+                        async for _ in lines:
+                            pass
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise self._transport_error(exc) from exc
 

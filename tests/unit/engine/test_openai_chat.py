@@ -264,3 +264,70 @@ async def test_cancelling_run_closes_the_model_connection(openai_stub: OpenAIStu
     assert time.monotonic() - cancelled_at < 0.5
     assert openai_stub.disconnects == 1
     assert len(tokens) < 200
+
+
+class _StreamedBody(httpx.AsyncByteStream):
+    """A streamed completion that notes whether it was read to its end (connection reusable)."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+        self.read_to_end = False
+
+    async def __aiter__(self):
+        for chunk in self.chunks:
+            yield chunk
+        self.read_to_end = True
+
+
+def _model(client: httpx.AsyncClient) -> OpenAIChatModel:
+    settings = OpenAISettings(
+        base_url="http://model.test/v1", api_key="k", model="m", timeout=httpx.Timeout(5)
+    )
+    return OpenAIChatModel(
+        node_id="n", node_type="chatOpenAI", settings=settings, client=lambda: client
+    )
+
+
+async def test_chat_openai_stream_reads_the_body_to_its_end_for_reuse() -> None:
+    body = _StreamedBody(
+        [
+            b'data: {"choices": [{"delta": {"content": "a"}}]}\n\n',
+            b"data: [DONE]\n\n",
+            b"\n",  # what a server may still send after [DONE]: read, not left on the socket
+        ]
+    )
+    transport = httpx.MockTransport(
+        lambda request: httpx.Response(
+            200, headers={"content-type": "text/event-stream"}, stream=body
+        )
+    )
+    async with httpx.AsyncClient(transport=transport) as client:
+        chunks = [
+            chunk async for chunk in _model(client).stream([{"role": "user", "content": "x"}])
+        ]
+
+    assert chunks == ["a"]
+    assert body.read_to_end
+
+
+async def test_chat_openai_stream_hangs_up_on_a_body_that_never_ends(monkeypatch) -> None:
+    monkeypatch.setattr("predictions.engine.openai_chat.DRAIN_SECONDS", 0.1)
+
+    class Endless(httpx.AsyncByteStream):
+        async def __aiter__(self):
+            yield b'data: {"choices": [{"delta": {"content": "a"}}]}\n\ndata: [DONE]\n\n'
+            await asyncio.Event().wait()  # nothing more, never closed
+            yield b""
+
+    transport = httpx.MockTransport(
+        lambda request: httpx.Response(
+            200, headers={"content-type": "text/event-stream"}, stream=Endless()
+        )
+    )
+    async with httpx.AsyncClient(transport=transport) as client:
+        async with asyncio.timeout(5):
+            chunks = [
+                chunk async for chunk in _model(client).stream([{"role": "user", "content": "x"}])
+            ]
+
+    assert chunks == ["a"]
