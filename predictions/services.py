@@ -260,6 +260,7 @@ def engine_config() -> EngineConfig:
         read_timeout=settings.LLM_READ_TIMEOUT,
         offline_token_delay=settings.OFFLINE_MODEL_TOKEN_DELAY_MS / 1000,
         force_offline=settings.FLOW_LLM_PROVIDER == "offline",
+        answer_timeout=settings.PREDICTION_TIMEOUT,
     )
 
 
@@ -468,13 +469,17 @@ async def _arun_engine(
     async def emit(name: str, data: Any) -> None:
         raise_if_cancelled()
         metrics.prediction_event(prediction_id, name)  # metrics
-        if name != "token" or prediction.streaming:
-            await publisher.emit(name, data)
+        await publisher.emit(name, data)
 
     try:
         async with asyncio.timeout(settings.PREDICTION_TIMEOUT):
+            # A non-streaming request asks the model for its whole answer at once.
             result = await run_flow(
-                flow, run_input, emit=emit, config=engine_config(), http=clients.get_http_client()
+                flow,
+                run_input,
+                emit=emit if prediction.streaming else None,
+                config=engine_config(),
+                http=clients.get_http_client(),
             )
     except TimeoutError:
         message = (

@@ -37,6 +37,8 @@ class OpenAISettings:
     presence_penalty: float | None = None
     stop: tuple[str, ...] = ()
     headers: Mapping[str, str] = field(default_factory=dict)
+    # For non-streaming calls (the answer comes whole); `timeout` when unset.
+    complete_timeout: httpx.Timeout | None = None
 
 
 class OpenAIChatModel:
@@ -92,7 +94,7 @@ class OpenAIChatModel:
                 self.url,
                 json=self.request_body(messages, stream=False),
                 headers=self.request_headers(stream=False),
-                timeout=self.settings.timeout,
+                timeout=self.settings.complete_timeout or self.settings.timeout,
             )
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise self._transport_error(exc) from exc

@@ -77,6 +77,7 @@ class OfflineChatModel:
             yield token
 
     async def complete(self, messages: Sequence[Message]) -> str:
-        """Return the whole answer at once."""
-        await asyncio.sleep(0)
-        return "".join(self.tokens_for(messages))
+        """Return the whole answer after as long as streaming it would take."""
+        tokens = self.tokens_for(messages)
+        await asyncio.sleep(self.token_delay * max(0, len(tokens) - 1))
+        return "".join(tokens)

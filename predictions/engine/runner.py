@@ -44,15 +44,17 @@ async def run_flow(
     flow: Flow,
     inp: RunInput,
     *,
-    emit: Emit,
+    emit: Emit | None,
     config: EngineConfig,
     http: httpx.AsyncClient | None = None,
 ) -> RunResult:
     """Run `flow` for one question and return the answer.
 
-    Streams the ending chain's tokens as `await emit("token", chunk)` when `flow.is_streaming`;
-    emits nothing else. Raises FlowValidationError, PromptError or ProviderError; cancellation
-    propagates (and closes any open model response).
+    Streams the ending chain's tokens as `await emit("token", chunk)` when `flow.is_streaming`
+    and `emit` is given; emits nothing else. With `emit=None` every model is asked for its
+    whole answer in one response (cheaper than a stream nobody watches). Raises
+    FlowValidationError, PromptError or ProviderError; cancellation propagates (and closes any
+    open model response).
     """
     inputs = flow_inputs(flow, inp.overrides)
     instances: dict[str, Any] = {}

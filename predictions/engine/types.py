@@ -37,6 +37,9 @@ class EngineConfig:
     read_timeout: float = 60.0
     offline_token_delay: float = 0.0
     force_offline: bool = False
+    # The longest a whole answer may take (the prediction's time limit): how long a
+    # non-streaming model call may wait for its answer when the node sets no `timeout`.
+    answer_timeout: float | None = None
 
 
 @dataclass(frozen=True)

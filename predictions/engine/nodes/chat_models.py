@@ -28,6 +28,10 @@ def openai_settings(reader: InputReader, config: EngineConfig) -> OpenAISettings
             "timeout", f"must be a positive number of milliseconds, got {timeout_ms}"
         )
     read_timeout = timeout_ms / 1000 if timeout_ms is not None else config.read_timeout
+    # A non-streaming answer arrives in one piece, after the whole generation.
+    answer_timeout = read_timeout
+    if timeout_ms is None and config.answer_timeout:
+        answer_timeout = max(read_timeout, config.answer_timeout)
     stop = reader.text("stopSequence") or ""
     return OpenAISettings(
         base_url=base_url,
@@ -36,6 +40,12 @@ def openai_settings(reader: InputReader, config: EngineConfig) -> OpenAISettings
         timeout=httpx.Timeout(
             connect=config.connect_timeout,
             read=read_timeout,
+            write=read_timeout,
+            pool=config.connect_timeout,
+        ),
+        complete_timeout=httpx.Timeout(
+            connect=config.connect_timeout,
+            read=answer_timeout,
             write=read_timeout,
             pool=config.connect_timeout,
         ),

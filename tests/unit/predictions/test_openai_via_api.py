@@ -128,14 +128,34 @@ async def test_openai_read_timeout_of_the_node_is_504_provider_timeout(
     assert "read timeout" in error["message"]
 
 
-async def test_openai_read_timeout_from_settings_is_504_provider_timeout(
+async def test_openai_read_timeout_from_settings_ends_a_stalled_stream_with_provider_timeout(
     api: AsyncClient, openai_stub: OpenAIStub, settings
 ):
     settings.LLM_READ_TIMEOUT = 0.2
     openai_stub.default = Reply.hang(3)
     chatflow = await acreate_chatflow(flow_data=openai_flow(openai_stub.base_url))
 
-    await _failure(api, chatflow, 504, "provider_timeout")
+    response = await _ask(api, chatflow, streaming=True)
+    frames = parse_frames(await read_stream(response))
+
+    assert events(frames)[-2:] == ["error", "end"]
+    prediction = await Prediction.objects.aget()
+    assert prediction.error_code == "provider_timeout"
+
+
+async def test_openai_non_streaming_answer_may_take_longer_than_the_read_timeout(
+    api: AsyncClient, openai_stub: OpenAIStub, settings
+):
+    # A whole answer arrives only after the whole generation: PREDICTION_TIMEOUT bounds it.
+    settings.LLM_READ_TIMEOUT = 0.2
+    openai_stub.default = Reply.ok(["slow ", "answer"], delay=0.6)
+    chatflow = await acreate_chatflow(flow_data=openai_flow(openai_stub.base_url))
+
+    response = await _ask(api, chatflow)
+
+    assert response.status_code == 200, response.content
+    assert response.json()["text"] == "slow answer"
+    assert openai_stub.last_request.json["stream"] is False
 
 
 async def test_openai_malformed_chunk_is_502_provider_bad_response(
