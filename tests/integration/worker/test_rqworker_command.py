@@ -48,3 +48,34 @@ def test_rqworker_command_runs_jobs_concurrently(redis_url: str, redis_conn: Red
     assert [job.get_status() for job in enqueued] == [JobStatus.FINISHED] * 5
     # They overlapped, which only the concurrent worker class does.
     assert max(job.started_at for job in enqueued) < min(job.ended_at for job in enqueued)  # type: ignore[type-var]
+
+
+@pytest.mark.parametrize(("log_level", "logs_jobs"), [("warning", False), ("info", True)])
+def test_rqworker_command_logs_jobs_by_log_level(
+    redis_url: str, redis_conn: Redis, log_level: str, logs_jobs: bool
+) -> None:
+    queue = Queue(COMMAND_QUEUE, connection=redis_conn)
+    job = queue.enqueue(jobs.sleep_job, 0)
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "flowsite.settings",
+        "MODE": "queue",
+        "REDIS_URL": redis_url,
+        "QUEUE_NAME": COMMAND_QUEUE,
+        "WORKER_PORT": "0",
+        "LOG_LEVEL": log_level,
+    }
+
+    completed = subprocess.run(
+        [sys.executable, "manage.py", "rqworker", COMMAND_QUEUE, "--burst", "--skip-checks"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        timeout=60,
+        start_new_session=True,
+        check=False,
+    )
+
+    assert completed.returncode == 0, completed.stderr.decode()[-3000:]
+    # rq's per-job line ("Successfully completed …") follows LOG_LEVEL, not --verbosity alone.
+    assert (job.id in completed.stdout.decode()) is logs_jobs
