@@ -1,4 +1,6 @@
-"""CORS for /api/v1/: answer preflights and label every response, for embedded chat widgets.
+"""Middleware: CORS for /api/v1/, and Django's own middleware run without thread hand-offs.
+
+CORS: answer preflights and label every response, for embedded chat widgets.
 
 django-cors-headers answers preflights with a fixed header list; Flowise's widget and SDKs send
 whatever headers their host page adds, so preflights here echo the requested headers.
@@ -6,9 +8,13 @@ whatever headers their host page adds, so preflights here echo the requested hea
 
 from __future__ import annotations
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
+from django.contrib.auth import middleware as auth_middleware
+from django.contrib.messages import middleware as message_middleware
+from django.contrib.sessions import middleware as session_middleware
 from django.http import HttpRequest, HttpResponse
+from django.middleware import clickjacking, common, csrf, security
 from django.utils.cache import patch_vary_headers
 
 API_PREFIX = "/api/v1/"
@@ -71,3 +77,89 @@ class CorsMiddleware:
         if preflight is not None:
             return preflight
         return _label(request, await self.get_response(request))
+
+
+# --- Django's middleware, without a thread per hook -------------------------------------------
+
+
+class InlineMiddlewareMixin:
+    """Run a Django MiddlewareMixin's hooks on the event loop under ASGI.
+
+    Django runs every sync hook of every middleware through `sync_to_async` under ASGI: about
+    ten thread hand-offs per request before the view runs, most of the web process's CPU for a
+    prediction. The hooks of the middleware below do no I/O, except where `needs_thread` says
+    so (a session to save, messages to store, CSRF tokens kept in the session); only then does
+    a hook go to a thread, as Django would. Sync mode (WSGI, the test client) is unchanged.
+    """
+
+    def needs_thread(self, request: HttpRequest, response: HttpResponse | None) -> bool:
+        return False
+
+    async def __acall__(self, request: HttpRequest):
+        response = None
+        process_request = getattr(self, "process_request", None)
+        if process_request is not None:
+            if self.needs_thread(request, None):
+                response = await sync_to_async(process_request, thread_sensitive=True)(request)
+            else:
+                response = process_request(request)
+        response = response or await self.get_response(request)
+        process_response = getattr(self, "process_response", None)
+        if process_response is not None:
+            if self.needs_thread(request, response):
+                response = await sync_to_async(process_response, thread_sensitive=True)(
+                    request, response
+                )
+            else:
+                response = process_response(request, response)
+        return response
+
+
+class SecurityMiddleware(InlineMiddlewareMixin, security.SecurityMiddleware):
+    pass
+
+
+class CommonMiddleware(InlineMiddlewareMixin, common.CommonMiddleware):
+    pass
+
+
+class XFrameOptionsMiddleware(InlineMiddlewareMixin, clickjacking.XFrameOptionsMiddleware):
+    pass
+
+
+class AuthenticationMiddleware(InlineMiddlewareMixin, auth_middleware.AuthenticationMiddleware):
+    """Sets the lazy `request.user` and `request.auser` (no query until they are used)."""
+
+
+class SessionMiddleware(InlineMiddlewareMixin, session_middleware.SessionMiddleware):
+    def needs_thread(self, request: HttpRequest, response: HttpResponse | None) -> bool:
+        session = getattr(request, "session", None)
+        return (
+            response is not None
+            and session is not None
+            and (session.modified or settings.SESSION_SAVE_EVERY_REQUEST)
+        )
+
+
+class MessageMiddleware(InlineMiddlewareMixin, message_middleware.MessageMiddleware):
+    def needs_thread(self, request: HttpRequest, response: HttpResponse | None) -> bool:
+        storage = getattr(request, "_messages", None)
+        return response is not None and storage is not None and (storage.used or storage.added_new)
+
+
+class CsrfViewMiddleware(InlineMiddlewareMixin, csrf.CsrfViewMiddleware):
+    def needs_thread(self, request: HttpRequest, response: HttpResponse | None) -> bool:
+        return settings.CSRF_USE_SESSIONS
+
+    @property
+    def process_view(self):  # type: ignore[override]
+        # Django adapts the hook it finds when it builds the chain: give the async handler a
+        # coroutine (no thread), and sync mode the plain method.
+        if not getattr(self, "async_mode", False) or settings.CSRF_USE_SESSIONS:
+            return super().process_view
+        check = super().process_view
+
+        async def aprocess_view(request, callback, callback_args, callback_kwargs):
+            return check(request, callback, callback_args, callback_kwargs)
+
+        return aprocess_view

@@ -26,7 +26,6 @@ from django.db.backends.postgresql import base
 from psycopg import OperationalError
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-
 # How long a caller waits for a pooled connection before it looks at the server's state again.
 WAIT_SLICE_SECONDS = 0.25
 
