@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 # How long a finished prediction's in-process log stays readable (main mode).
 LOCAL_RETENTION_SECONDS = 120.0
+# Events that (re)set the stream's TTL besides the first: the end, and a retry's restart.
+_EXPIRY_EVENTS = frozenset({TERMINAL_EVENT, "retry", "start"})
 # How long a publisher retries an event while Redis is unreachable before it gives up.
 PUBLISH_RETRY_SECONDS = 30.0
 RETRY_FIRST_DELAY = 0.1
@@ -219,30 +221,23 @@ class RedisTransport:
         self.ttl = ttl
 
     async def publish(self, prediction_id: str, event: Event) -> None:
-        """Append the event to the stream, then push it live.
+        """Append the event to the stream and push it live, in one round trip.
 
-        While Redis is unreachable (a restart, a failover) the append is retried for up to
-        PUBLISH_RETRY_SECONDS, so a short outage delays events instead of losing them; a live
-        push that still fails is only logged, as readers catch up from the stream.
+        The live push is a PUBLISH to the Redis channel that Channels' pub/sub layer reads for
+        the prediction's group, in the layer's own encoding: readers join and receive through
+        the layer as usual, while the worker skips the layer's per-loop lock and a second round
+        trip per token. While Redis is unreachable (a restart, a failover) the write is retried
+        for up to PUBLISH_RETRY_SECONDS, so a short outage delays events instead of losing them.
         """
         await aretry_redis(
-            lambda: self._append(prediction_id, event),
+            lambda: self._write(prediction_id, event),
             what=f"prediction {prediction_id} event {event['seq']}",
         )
-        try:
-            layer = get_channel_layer()
-            await layer.group_send(group_name(prediction_id), {"type": CHANNEL_EVENT_TYPE, **event})
-        except REDIS_DOWN as exc:
-            logger.warning(
-                "prediction %s: event %s not pushed live (%s); readers replay it from the stream",
-                prediction_id,
-                event["seq"],
-                exc,
-            )
 
-    async def _append(self, prediction_id: str, event: Event) -> None:
+    async def _write(self, prediction_id: str, event: Event) -> None:
         client = clients.get_async_redis()
         key = stream_key(prediction_id)
+        layer = get_channel_layer()
         try:
             async with client.pipeline(transaction=False) as pipe:
                 pipe.xadd(
@@ -252,11 +247,17 @@ class RedisTransport:
                     maxlen=self.max_len,
                     approximate=True,
                 )
-                pipe.expire(key, self.ttl)
+                if event["seq"] == 1 or event["event"] in _EXPIRY_EVENTS:
+                    pipe.expire(key, self.ttl)  # set when the stream begins, renewed at its end
+                pipe.publish(
+                    layer._get_group_channel_name(group_name(prediction_id)),
+                    layer.serialize({"type": CHANNEL_EVENT_TYPE, **event}),
+                )
                 await pipe.execute()
         except ResponseError:
             # redis-py repeats a command whose connection broke, and the first one may have
-            # landed: the stream then refuses the same id again.
+            # landed: the stream then refuses the same id again (readers drop the duplicate
+            # live message by its seq).
             if await self.last_seq(prediction_id) < event["seq"]:
                 raise
 

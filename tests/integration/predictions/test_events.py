@@ -1,0 +1,47 @@
+"""RedisTransport on a real Redis: one pipeline writes the stream and the live push."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from channels.layers import get_channel_layer
+
+from predictions import clients
+from predictions.events import RedisTransport
+from predictions.streaming import CHANNEL_EVENT_TYPE, Event, group_name, stream_key
+
+pytestmark = pytest.mark.integration
+
+PREDICTION_ID = "7f0c7c38-6d2b-4f0e-9a43-5d5b1e0d0001"
+
+
+async def test_publish_reaches_a_layer_reader_live_and_the_stream(queue_mode):
+    transport = RedisTransport(max_len=100, ttl=60)
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add(group_name(PREDICTION_ID), channel)
+    try:
+        receiving = asyncio.ensure_future(layer.receive(channel))
+        await asyncio.sleep(0)  # the receive subscribes before the publish
+        event = Event(seq=1, event="token", data="héllo\u2028")
+
+        await transport.publish(PREDICTION_ID, event)
+
+        message = await asyncio.wait_for(receiving, 5)
+        assert message == {"type": CHANNEL_EVENT_TYPE, **event}
+        assert await transport.last_seq(PREDICTION_ID) == 1
+        ttl = await clients.get_async_redis().ttl(stream_key(PREDICTION_ID))
+        assert 0 < ttl <= 60
+    finally:
+        await layer.group_discard(group_name(PREDICTION_ID), channel)
+
+
+async def test_publish_of_a_repeated_event_is_harmless(queue_mode):
+    transport = RedisTransport(max_len=100, ttl=60)
+    event = Event(seq=1, event="start", data="")
+
+    await transport.publish(PREDICTION_ID, event)
+    await transport.publish(PREDICTION_ID, event)  # as after a retried write that had landed
+
+    assert await transport.last_seq(PREDICTION_ID) == 1
