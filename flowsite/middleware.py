@@ -12,10 +12,12 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_asy
 from django.conf import settings
 from django.contrib.auth import middleware as auth_middleware
 from django.contrib.messages import middleware as message_middleware
+from django.contrib.messages.storage import default_storage
 from django.contrib.sessions import middleware as session_middleware
 from django.http import HttpRequest, HttpResponse
 from django.middleware import clickjacking, common, csrf, security
 from django.utils.cache import patch_vary_headers
+from django.utils.functional import SimpleLazyObject, empty
 
 API_PREFIX = "/api/v1/"
 ALLOWED_METHODS = "GET, POST, PUT, DELETE, OPTIONS"
@@ -142,9 +144,32 @@ class SessionMiddleware(InlineMiddlewareMixin, session_middleware.SessionMiddlew
 
 
 class MessageMiddleware(InlineMiddlewareMixin, message_middleware.MessageMiddleware):
+    """Django's, with the message storage built on first use.
+
+    Building it signs nothing but derives a cookie signer's keys, which cost more than the rest
+    of the middleware together; only admin pages use messages, API requests never do.
+    """
+
+    def process_request(self, request: HttpRequest) -> None:
+        request._messages = SimpleLazyObject(lambda: default_storage(request))
+
+    def process_response(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        if not _messages_used(request):
+            return response
+        return super().process_response(request, response)
+
     def needs_thread(self, request: HttpRequest, response: HttpResponse | None) -> bool:
-        storage = getattr(request, "_messages", None)
-        return response is not None and storage is not None and (storage.used or storage.added_new)
+        if response is None or not _messages_used(request):
+            return False
+        storage = request._messages
+        return storage.used or storage.added_new
+
+
+def _messages_used(request: HttpRequest) -> bool:
+    storage = getattr(request, "_messages", None)
+    if isinstance(storage, SimpleLazyObject):
+        return storage._wrapped is not empty
+    return storage is not None
 
 
 class CsrfViewMiddleware(InlineMiddlewareMixin, csrf.CsrfViewMiddleware):

@@ -25,6 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from predictions import clients
 from predictions.streaming import (
     CHANNEL_EVENT_TYPE,
+    DONE,
     TERMINAL_EVENT,
     Event,
     decode_event,
@@ -81,6 +82,8 @@ async def aretry_redis(
 class Transport(Protocol):
     async def publish(self, prediction_id: str, event: Event) -> None: ...
 
+    async def publish_many(self, prediction_id: str, events: list[Event]) -> None: ...
+
     async def last_seq(self, prediction_id: str) -> int: ...
 
     def read(
@@ -120,6 +123,20 @@ class Publisher:
         if name == TERMINAL_EVENT:
             self.ended = True
         await self.transport.publish(self.prediction_id, Event(seq=self.seq, event=name, data=data))
+
+    async def end(self, name: str, data: Any) -> None:
+        """Emit one closing event (metadata, error, abort) and `end`, sent together."""
+        if self.ended:
+            return
+        self.ended = True
+        self.seq += 2
+        await self.transport.publish_many(
+            self.prediction_id,
+            [
+                Event(seq=self.seq - 1, event=name, data=data),
+                Event(seq=self.seq, event=TERMINAL_EVENT, data=DONE),
+            ],
+        )
 
 
 # --- main mode ---------------------------------------------------------------------------------
@@ -161,6 +178,10 @@ class LocalTransport:
             log.ended_at = time.monotonic()
         changed, log.changed = log.changed, asyncio.Event()
         changed.set()
+
+    async def publish_many(self, prediction_id: str, events: list[Event]) -> None:
+        for event in events:
+            await self.publish(prediction_id, event)
 
     async def last_seq(self, prediction_id: str) -> int:
         log = self._logs.get(prediction_id)
@@ -229,36 +250,39 @@ class RedisTransport:
         trip per token. While Redis is unreachable (a restart, a failover) the write is retried
         for up to PUBLISH_RETRY_SECONDS, so a short outage delays events instead of losing them.
         """
+        await self.publish_many(prediction_id, [event])
+
+    async def publish_many(self, prediction_id: str, events: list[Event]) -> None:
+        """Publish consecutive events in one round trip (see `publish`)."""
         await aretry_redis(
-            lambda: self._write(prediction_id, event),
-            what=f"prediction {prediction_id} event {event['seq']}",
+            lambda: self._write(prediction_id, events),
+            what=f"prediction {prediction_id} event {events[-1]['seq']}",
         )
 
-    async def _write(self, prediction_id: str, event: Event) -> None:
+    async def _write(self, prediction_id: str, events: list[Event]) -> None:
         client = clients.get_async_redis()
         key = stream_key(prediction_id)
         layer = get_channel_layer()
+        channel = layer._get_group_channel_name(group_name(prediction_id))
         try:
             async with client.pipeline(transaction=False) as pipe:
-                pipe.xadd(
-                    key,
-                    encode_event(event),
-                    id=f"0-{event['seq']}",
-                    maxlen=self.max_len,
-                    approximate=True,
-                )
-                if event["seq"] == 1 or event["event"] in _EXPIRY_EVENTS:
-                    pipe.expire(key, self.ttl)  # set when the stream begins, renewed at its end
-                pipe.publish(
-                    layer._get_group_channel_name(group_name(prediction_id)),
-                    layer.serialize({"type": CHANNEL_EVENT_TYPE, **event}),
-                )
+                for event in events:
+                    pipe.xadd(
+                        key,
+                        encode_event(event),
+                        id=f"0-{event['seq']}",
+                        maxlen=self.max_len,
+                        approximate=True,
+                    )
+                    if event["seq"] == 1 or event["event"] in _EXPIRY_EVENTS:
+                        pipe.expire(key, self.ttl)  # set when the stream begins, renewed at end
+                    pipe.publish(channel, layer.serialize({"type": CHANNEL_EVENT_TYPE, **event}))
                 await pipe.execute()
         except ResponseError:
             # redis-py repeats a command whose connection broke, and the first one may have
-            # landed: the stream then refuses the same id again (readers drop the duplicate
-            # live message by its seq).
-            if await self.last_seq(prediction_id) < event["seq"]:
+            # landed: the stream then refuses the same ids again (readers drop the duplicate
+            # live messages by their seq).
+            if await self.last_seq(prediction_id) < events[-1]["seq"]:
                 raise
 
     async def last_seq(self, prediction_id: str) -> int:

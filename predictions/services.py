@@ -509,8 +509,7 @@ async def _arun_engine(
         return
     for name, data in extra.items():
         await publisher.emit(name, data)
-    await publisher.emit("metadata", _metadata(body))
-    await publisher.emit("end", DONE)
+    await publisher.end("metadata", _metadata(body))
     logger.info("prediction %s succeeded", prediction_id)
     metrics.prediction_succeeded(prediction_id)  # metrics
 
@@ -528,8 +527,7 @@ async def _aend_failed(prediction_id: str, publisher: Publisher, code: str, mess
         prediction_fail, prediction_id=prediction_id, code=code, message=message
     ):
         await metrics.aprediction_failed(prediction_id, code)  # metrics
-        await publisher.emit("error", message)
-        await publisher.emit("end", DONE)
+        await publisher.end("error", message)
 
 
 async def _aend_cancelled(prediction_id: str, publisher: Publisher) -> None:
@@ -542,8 +540,7 @@ async def _aend_cancelled(prediction_id: str, publisher: Publisher) -> None:
         status=PredictionStatus.CANCELLED,
     ):
         await metrics.aprediction_cancelled(prediction_id)  # metrics
-        await publisher.emit("abort", DONE)
-        await publisher.emit("end", DONE)
+        await publisher.end("abort", DONE)
         return
     # The stop lost the race to a terminal status (e.g. it came while the answer was being
     # saved): end the stream as the database says it ended.
@@ -554,12 +551,11 @@ async def _aend_as_stored(prediction_id: str, publisher: Publisher) -> None:
     """End the stream as the database says the prediction ended."""
     prediction = await aretry_database(Prediction.objects.get, id=prediction_id)
     if prediction.status == PredictionStatus.SUCCEEDED and prediction.result:
-        await publisher.emit("metadata", _metadata(prediction.result))
+        await publisher.end("metadata", _metadata(prediction.result))
     elif prediction.status == PredictionStatus.CANCELLED:
-        await publisher.emit("abort", DONE)
+        await publisher.end("abort", DONE)
     else:
-        await publisher.emit("error", prediction.error_message or "The prediction failed")
-    await publisher.emit("end", DONE)
+        await publisher.end("error", prediction.error_message or "The prediction failed")
 
 
 # --- cancel ------------------------------------------------------------------------------------
@@ -602,8 +598,7 @@ async def aprediction_cancel(*, prediction: Prediction) -> str:
     if won:
         await metrics.aprediction_cancelled(pid, prediction.chatflow_id)  # metrics
         publisher = Publisher(transport, pid, start_seq=await transport.last_seq(pid))
-        await publisher.emit("abort", DONE)
-        await publisher.emit("end", DONE)
+        await publisher.end("abort", DONE)
         return PredictionStatus.CANCELLED
     if settings.MODE == "queue":
         await sync_to_async(_signal_worker, thread_sensitive=False)(pid)
@@ -628,8 +623,7 @@ async def _aend_lost(prediction_id: str) -> None:
         publisher = Publisher(
             transport, prediction_id, start_seq=await transport.last_seq(prediction_id)
         )
-        await publisher.emit("error", WORKER_LOST_MESSAGE)
-        await publisher.emit("end", DONE)
+        await publisher.end("error", WORKER_LOST_MESSAGE)
         logger.warning("prediction %s failed: worker_lost", prediction_id)
 
 

@@ -276,6 +276,16 @@ async def _arelease_database() -> None:
     await sync_to_async(connections.close_all)()
 
 
+def _create_released(chatflow: Chatflow, request: services.PredictionRequest) -> Prediction:
+    try:
+        return services.prediction_create(chatflow=chatflow, request=request)
+    finally:
+        connections.close_all()  # as _arelease_database, in the same trip to the thread
+
+
+_acreate_released = sync_to_async(_create_released)
+
+
 async def _acancel_abandoned(prediction_id: str) -> None:
     prediction = await selectors.aprediction_get(prediction_id)
     if prediction is not None and prediction.can_cancel():
@@ -348,10 +358,9 @@ async def prediction_create(request: HttpRequest, chatflow_id: str) -> HttpRespo
     await ratelimit.acheck(chatflow, ratelimit.request_ip(request))
     data = _parse_body(request)
     prediction_input = prediction_request(data, chatflow)
-    prediction = await services.aprediction_create(chatflow=chatflow, request=prediction_input)
+    prediction = await _acreate_released(chatflow, prediction_input)
     prediction_id = str(prediction.id)
     await relay.astart(prediction)
-    await _arelease_database()
     if prediction.streaming:
         response: HttpResponse = _sse_response(prediction_id, 0, owner=True)
     else:

@@ -52,3 +52,22 @@ def test_deploy_checks_find_the_subclassed_middleware(settings):
     settings.MIDDLEWARE = [m for m in settings.MIDDLEWARE if not m.endswith("CsrfViewMiddleware")]
     ids = {message.id for message in run_checks(include_deployment_checks=True)}
     assert "flowsite.W006" in ids
+
+
+async def test_admin_messages_survive_the_lazy_message_storage():
+    user_model = get_user_model()
+    await user_model.objects.acreate_superuser("boss", "boss@example.com", "pw-123456")
+    client = AsyncClient()
+    await client.alogin(username="boss", password="pw-123456")
+
+    # An admin action with nothing selected stores a warning, shown after the redirect.
+    response = await client.post(
+        "/admin/predictions/chatflow/",
+        {"action": "delete_selected", "index": "0"},
+        follow=True,
+    )
+
+    assert response.status_code == 200
+    assert [str(m) for m in response.context["messages"]] == [
+        "Items must be selected in order to perform actions on them. No items have been changed."
+    ]
