@@ -88,10 +88,11 @@ class InlineMiddlewareMixin:
     """Run a Django MiddlewareMixin's hooks on the event loop under ASGI.
 
     Django runs every sync hook of every middleware through `sync_to_async` under ASGI: about
-    ten thread hand-offs per request before the view runs, most of the web process's CPU for a
-    prediction. The hooks of the middleware below do no I/O, except where `needs_thread` says
-    so (a session to save, messages to store, CSRF tokens kept in the session); only then does
-    a hook go to a thread, as Django would. Sync mode (WSGI, the test client) is unchanged.
+    ten thread hand-offs per request around the view, a fifth of the web process's CPU for a
+    prediction (measured with py-spy, bench/README.md). The hooks of the middleware below do no
+    I/O, except where `needs_thread` says so (a session to save, messages to store, CSRF tokens
+    kept in the session); only then does a hook go to a thread, as Django would. Sync mode
+    (WSGI, the test client) is unchanged.
     """
 
     def needs_thread(self, request: HttpRequest, response: HttpResponse | None) -> bool:

@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 # How long a finished prediction's in-process log stays readable (main mode).
 LOCAL_RETENTION_SECONDS = 120.0
-# Events that (re)set the stream's TTL besides the first: the end, and a retry's restart.
+# Events that (re)set the stream's TTL besides the first: a run's start (a retry's too), its end.
 _EXPIRY_EVENTS = frozenset({TERMINAL_EVENT, "retry", "start"})
 # How long a publisher retries an event while Redis is unreachable before it gives up.
 PUBLISH_RETRY_SECONDS = 30.0

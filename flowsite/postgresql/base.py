@@ -13,7 +13,8 @@ and to recover as soon as the database is back, so the pool here:
 - waits for a busy pool in short slices, so a caller that began waiting before the server went
   away is refused then too.
 
-psycopg-pool is pinned: this overrides two of its private methods.
+psycopg-pool is pinned: this overrides and calls its private methods
+(tests/integration/flowsite/test_postgres_pool.py exercises them).
 """
 
 from __future__ import annotations
