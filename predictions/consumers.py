@@ -15,7 +15,7 @@ from typing import Any
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from predictions import relay, selectors, services, webchat
+from predictions import ratelimit, relay, selectors, services, webchat
 from predictions.api.predict import prediction_request
 from predictions.exceptions import (
     BadRequest,
@@ -128,6 +128,8 @@ class PredictionStreamConsumer(AsyncJsonWebsocketConsumer):
         chatflow = await self._achatflow()
         if chatflow is None:
             return
+        # The chatflow's rate limit counts questions here as on POST /prediction, per address.
+        await ratelimit.acheck(chatflow, ratelimit.scope_ip(self.scope))
         raw_chat_id = content.get("chatId")
         chat_id = str(uuid.uuid4()) if raw_chat_id is None else webchat.parse_chat_id(raw_chat_id)
         data: dict[str, Any] = {"chatId": chat_id, "streaming": True}

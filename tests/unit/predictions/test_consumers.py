@@ -463,3 +463,32 @@ def test_error_frame_is_type_code_message_and_a_hint_when_one_is_known():
     assert plain == {"type": "error", "code": "invalid_message", "message": "nope"}
     assert queue["code"] == "queue_unavailable"
     assert queue["hint"] == "The queue is unavailable right now: ask again in a few seconds."
+
+
+async def test_consumer_counts_questions_against_the_chatflows_rate_limit():
+    chatflow = await acreate_chatflow(
+        is_public=True,
+        flow_data=offline_flow(tokens=1),
+        api_config={
+            "rateLimit": {
+                "status": True,
+                "limitMax": 1,
+                "limitDuration": 60,
+                "limitMsg": "Slow down",
+            }
+        },
+    )
+
+    async with chat_socket(chatflow.id) as ws:
+        await ws.send_json_to({"type": "question", "question": "one", "chatId": CHAT_ID})
+        await receive_until(ws)
+        await ws.send_json_to({"type": "question", "question": "two", "chatId": CHAT_ID})
+        refused = await ws.receive_json_from(timeout=TIMEOUT)
+        await ws.send_json_to({"type": "ping"})
+        pong = await ws.receive_json_from(timeout=TIMEOUT)
+
+    assert refused["type"] == "error"
+    assert refused["code"] == "rate_limited"
+    assert refused["message"] == "Slow down"
+    assert pong == {"type": "pong"}  # the socket stays usable
+    assert await Prediction.objects.acount() == 1
