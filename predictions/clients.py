@@ -1,9 +1,11 @@
-"""Shared network clients: Redis (sync, and asyncio per loop) and the model HTTP client per loop."""
+"""Shared network clients: Redis (sync, and asyncio per loop) and model HTTP clients per loop."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import weakref
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -18,7 +20,7 @@ _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aredis.Redi
     weakref.WeakKeyDictionary()
 )
 _sync_client: redis.Redis | None = None
-_http_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
+_http_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _HttpShards] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -56,17 +58,30 @@ def get_sync_redis() -> redis.Redis:
     return _sync_client
 
 
+# httpcore's pool walks all of its connections and waiting requests on every request and
+# response: with hundreds of predictions in flight through one client that costs milliseconds
+# of CPU each. Predictions are spread over this many clients (each its own small pool) instead.
+HTTP_CLIENT_SHARDS = 16
+
+
+@dataclass
+class _HttpShards:
+    clients: list[httpx.AsyncClient]
+    turns: itertools.count = field(default_factory=itertools.count)
+
+
 def get_http_client() -> httpx.AsyncClient:
-    """Return the running loop's HTTP client for model servers (one connection pool per loop)."""
+    """Return an HTTP client for model servers: one of the running loop's few, in turn."""
     loop = asyncio.get_running_loop()
-    client = _http_clients.get(loop)
-    if client is None:
-        client = httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.LLM_READ_TIMEOUT, connect=settings.LLM_CONNECT_TIMEOUT),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=200),
+    shards = _http_clients.get(loop)
+    if shards is None:
+        timeout = httpx.Timeout(settings.LLM_READ_TIMEOUT, connect=settings.LLM_CONNECT_TIMEOUT)
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=32)
+        shards = _HttpShards(
+            [httpx.AsyncClient(timeout=timeout, limits=limits) for _ in range(HTTP_CLIENT_SHARDS)]
         )
-        _http_clients[loop] = client
-    return client
+        _http_clients[loop] = shards
+    return shards.clients[next(shards.turns) % len(shards.clients)]
 
 
 def reset_clients() -> None:
