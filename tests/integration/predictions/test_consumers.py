@@ -2,54 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
-from channels.testing import WebsocketCommunicator
 
-from flowsite.asgi import application
 from predictions import services
 from predictions.models import ChatMessage, Prediction, PredictionStatus
 from tests.conftest import _reset_runtime, offline_flow
+from tests.websocket import TIMEOUT, chat_socket, events_of, receive_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-TIMEOUT = 15
-ORIGIN = (b"origin", b"http://localhost")
 CHAT_ID = "0b5e7a52-0000-4000-8000-0000000000ab"
-
-
-@contextlib.asynccontextmanager
-async def chat_socket(chatflow_id: object) -> AsyncIterator[WebsocketCommunicator]:
-    communicator = WebsocketCommunicator(application, f"/ws/chat/{chatflow_id}/", headers=[ORIGIN])
-    try:
-        connected, _ = await communicator.connect(timeout=TIMEOUT)
-        assert connected
-        yield communicator
-    finally:
-        await communicator.disconnect()
-
-
-async def receive_until(
-    communicator: WebsocketCommunicator, frame_type: str = "done", *, event: str | None = None
-) -> list[dict[str, Any]]:
-    frames = []
-    while True:
-        frame = await communicator.receive_json_from(timeout=TIMEOUT)
-        frames.append(frame)
-        if frame["type"] == frame_type and (event is None or frame.get("event") == event):
-            return frames
-
-
-def events_of(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [
-        {"seq": f["seq"], "event": f["event"], "data": f["data"]}
-        for f in frames
-        if f["type"] == "event"
-    ]
 
 
 async def public_flow(**flow: Any):
