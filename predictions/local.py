@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
+
+from asgiref.sync import ThreadSensitiveContext, sync_to_async
+from django.db import connections
 
 logger = logging.getLogger(__name__)
 
@@ -24,17 +28,26 @@ def start(prediction_id: str) -> asyncio.Task[None]:
         transport.ensure(prediction_id)
 
     async def run() -> None:
-        try:
-            await aprediction_run(prediction_id, worker_name="main")
-        except asyncio.CancelledError:
-            logger.info("prediction %s task cancelled", prediction_id)
-        except Exception:
-            logger.exception("prediction %s task crashed", prediction_id)
-        finally:
-            _tasks.pop(prediction_id, None)
-            _cancelled.pop(prediction_id, None)
+        # Like a request: a thread of its own for its ORM calls, and its database connection
+        # handed back at the end, whether or not the request that started it is still there.
+        async with ThreadSensitiveContext():
+            try:
+                await aprediction_run(prediction_id, worker_name="main")
+            except asyncio.CancelledError:
+                logger.info("prediction %s task cancelled", prediction_id)
+            except Exception:
+                logger.exception("prediction %s task crashed", prediction_id)
+            finally:
+                _tasks.pop(prediction_id, None)
+                _cancelled.pop(prediction_id, None)
+                await asyncio.shield(sync_to_async(connections.close_all)())
 
-    task = asyncio.get_running_loop().create_task(run(), name=f"prediction-{prediction_id}")
+    # A context of its own, not the request's: the run outlives a request that ends (a client
+    # that leaves), and calls made in an ended request's context would open a thread and a
+    # pooled connection that nothing ever gives back.
+    task = asyncio.get_running_loop().create_task(
+        run(), name=f"prediction-{prediction_id}", context=contextvars.Context()
+    )
     _tasks[prediction_id] = task
     return task
 

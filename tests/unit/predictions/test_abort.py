@@ -316,6 +316,36 @@ async def test_prediction_stream_client_leaving_lets_the_prediction_complete(api
     ]
 
 
+async def test_prediction_run_outliving_its_request_hands_its_connection_back(api: AsyncClient):
+    from django.db import connections
+
+    pool = connections["default"].pool
+    if pool is None:
+        pytest.skip("needs the PostgreSQL connection pool (DATABASE_URL=postgres://…)")
+    chatflow = await acreate_chatflow(flow_data=offline_flow(tokens=20, delay_ms=10))
+
+    def checked_out() -> int:
+        stats = pool.get_stats()
+        return stats["pool_size"] - stats["pool_available"]
+
+    before = checked_out()
+    async with request_context():  # the request ends while the prediction runs on
+        response = await post_json(
+            api, prediction_url(chatflow.id), {"question": "hi", "streaming": True}
+        )
+        iterator = aiter(response.streaming_content)
+        await _read_until_tokens(iterator, 2)
+        await iterator.aclose()
+    prediction = await Prediction.objects.aget()
+    await _not_in_flight(prediction.id)
+
+    async def all_given_back() -> bool:
+        return checked_out() <= before
+
+    # The run's last ORM calls came after its request had ended: nothing may stay checked out.
+    await wait_until(all_given_back)
+
+
 async def test_prediction_stream_closed_early_lets_the_prediction_complete(api: AsyncClient):
     chatflow = await acreate_chatflow(flow_data=offline_flow(tokens=20, delay_ms=10))
     response = await post_json(
