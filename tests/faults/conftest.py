@@ -239,6 +239,23 @@ def names(events: list[dict[str, Any]]) -> list[str]:
     return [event["event"] for event in events]
 
 
+def assert_answered_in_full(
+    stack: Stack, outcome: Any, row: dict[str, Any], counts: Counter[tuple[str, str]], expected: str
+) -> list[str]:
+    """Assert an accepted prediction was answered in full, once; return its stream's events."""
+    assert outcome.status == 200, outcome
+    assert row["status"] == "succeeded", row
+    events = names(stream(stack.redis_url, row["id"]))
+    assert events[-2:] == ["metadata", "end"]
+    if outcome.streaming:
+        assert outcome.events[-2:] == ["metadata", "end"]
+        assert outcome.text == expected
+    else:
+        assert outcome.body["text"] == expected
+    assert counts[(row["id"], "userMessage")] == counts[(row["id"], "apiMessage")] == 1
+    return events
+
+
 def assert_no_duplicate_messages(stack: Stack) -> None:
     counts = message_counts(stack)
     assert all(n == 1 for n in counts.values()), [k for k, n in counts.items() if n != 1]

@@ -16,13 +16,12 @@ from tests.faults.conftest import (
     PgCluster,
     Stack,
     ask,
+    assert_answered_in_full,
     assert_no_duplicate_messages,
     await_for,
     message_counts,
-    names,
     predictions,
     ready_status,
-    stream,
 )
 
 OUTAGE_SECONDS = 5.0
@@ -98,15 +97,7 @@ def test_database_stopped_for_5_seconds(
                     assert counts[(row["id"], "apiMessage")] == 0
                 continue
             answered.append(outcome)
-            assert outcome.status == 200, outcome
-            assert row["status"] == "succeeded", row
-            assert names(stream(s.redis_url, row["id"]))[-2:] == ["metadata", "end"]
-            if outcome.streaming:
-                assert outcome.events[-2:] == ["metadata", "end"]
-                assert outcome.text == expected
-            else:
-                assert outcome.body["text"] == expected
-            assert counts[(row["id"], "userMessage")] == counts[(row["id"], "apiMessage")] == 1
+            assert_answered_in_full(s, outcome, row, counts, expected)
         assert refused, "no request arrived during the outage"
         assert not [r for r in rows.values() if r["status"] in ("queued", "running")]
         # Recovered without restarting anything: later arrivals were answered.

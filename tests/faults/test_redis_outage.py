@@ -13,14 +13,13 @@ from tests.faults.conftest import (
     RedisServer,
     Stack,
     ask,
+    assert_answered_in_full,
     assert_no_duplicate_messages,
     attach,
     await_for,
     message_counts,
-    names,
     predictions,
     ready_status,
-    stream,
 )
 
 OUTAGE_SECONDS = 2.0
@@ -115,17 +114,8 @@ def test_redis_restart_during_200_predictions(fault_stack: Stack, redis_proc: Re
             continue
         # Accepted: never lost, answered in full, exactly once.
         answered.append(outcome)
-        assert outcome.status == 200, outcome
-        assert row["status"] == "succeeded", row
-        events = names(stream(s.redis_url, row["id"]))
-        assert events[-2:] == ["metadata", "end"]
+        events = assert_answered_in_full(s, outcome, row, counts, expected)
         assert events.count("end") == 1
-        if outcome.streaming:
-            assert outcome.events[-2:] == ["metadata", "end"]
-            assert outcome.text == expected
-        else:
-            assert outcome.body["text"] == expected
-        assert counts[(row["id"], "userMessage")] == counts[(row["id"], "apiMessage")] == 1
     assert not [r for r in rows.values() if r["status"] in ("queued", "running")]
     assert in_flight <= {o.chat_id for o in answered}  # readers that were waiting resumed
     assert len(queued) >= 5
