@@ -70,7 +70,10 @@ class Stack:
     workers: list[tuple[subprocess.Popen[bytes], int]] = field(default_factory=list)
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "PYTEST"))}
+        # Real processes run with the production defaults (the test process's roomier pool stays
+        # out: several servers at once could pass PostgreSQL's max_connections).
+        dropped = ("REDIS_", "PYTEST", "DATABASE_POOL_")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
         env.update(
             {
                 "DJANGO_SETTINGS_MODULE": "flowsite.settings",
