@@ -14,11 +14,10 @@ from typing import Any, TypeVar
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connections, transaction
-from django.db.models import F
 from django.utils import timezone
 from redis.exceptions import RedisError
 
-from predictions import clients, local, metrics, ratelimit, secrets
+from predictions import clients, local, metrics, ratelimit, runstore, secrets
 from predictions.engine import (
     ChatTurn,
     EngineConfig,
@@ -264,6 +263,25 @@ def engine_config() -> EngineConfig:
     )
 
 
+# Parsed flows by chatflow id, with the chatflow's stamp they were parsed at (runstore).
+_flows: dict[uuid.UUID, tuple[Any, Flow]] = {}
+_FLOWS_MAX = 512
+
+
+def _flow_of(chatflow_id: uuid.UUID) -> Flow:
+    """Return a chatflow's parsed flow: from the cache while its stamp is unchanged (one small
+    read), else from the stored chatflow."""
+    stamp = runstore.chatflow_stamp(chatflow_id)
+    cached = _flows.get(chatflow_id)
+    if cached is not None and stamp is not None and cached[0] == stamp:
+        return cached[1]
+    flow = flow_for(Chatflow.objects.get(id=chatflow_id))
+    if len(_flows) >= _FLOWS_MAX:
+        _flows.clear()
+    _flows[chatflow_id] = (stamp, flow)  # a save in between only makes the next run re-read
+    return flow
+
+
 def _history_turns(prediction: Prediction, flow: Flow) -> tuple[ChatTurn, ...]:
     turns = [
         ChatTurn(role=item["role"], content=item["content"])
@@ -273,30 +291,18 @@ def _history_turns(prediction: Prediction, flow: Flow) -> tuple[ChatTurn, ...]:
         limit = settings.MAX_HISTORY_MESSAGES
         if flow.memory_window is not None:
             limit = min(limit, 2 * flow.memory_window)
-        rows = list(
-            ChatMessage.objects.filter(
-                chatflow_id=prediction.chatflow_id, session_id=prediction.session_id
-            )
-            .order_by("-created_at")
-            .values_list("role", "content")[:limit]
-        )
-        turns.extend(ChatTurn(role=role, content=content) for role, content in reversed(rows))
+        rows = runstore.history(prediction.chatflow_id, prediction.session_id, limit)
+        turns.extend(ChatTurn(role=role, content=content) for role, content in rows)
     return tuple(turns)
 
 
 @transaction.atomic  # one transaction, so a retry after a lost connection counts one attempt
 def _claim(prediction_id: str, worker_name: str) -> tuple[Prediction, Flow, RunInput] | None:
     """Mark an active prediction running and load what the run needs; None if it must not run."""
-    updated = Prediction.objects.filter(id=prediction_id, status__in=ACTIVE_STATUSES).update(
-        status=PredictionStatus.RUNNING,
-        started_at=timezone.now(),
-        attempts=F("attempts") + 1,
-        worker_name=worker_name,
-    )
-    if not updated:
+    prediction = runstore.prediction_claim(prediction_id, worker_name)
+    if prediction is None:
         return None
-    prediction = Prediction.objects.select_related("chatflow").get(id=prediction_id)
-    flow = flow_for(prediction.chatflow)
+    flow = _flow_of(prediction.chatflow_id)
     run_input = RunInput(
         question=prediction.question,
         history=_history_turns(prediction, flow),
@@ -327,10 +333,7 @@ def _result_body(prediction: Prediction, text: str, memory_type: str | None, ext
 @transaction.atomic
 def prediction_finish(*, prediction: Prediction, body: dict[str, Any]) -> bool:
     """Record success and write both chat messages, unless the prediction stopped meanwhile."""
-    updated = Prediction.objects.filter(id=prediction.id, status=PredictionStatus.RUNNING).update(
-        status=PredictionStatus.SUCCEEDED, result=body, finished_at=timezone.now()
-    )
-    if not updated:
+    if not runstore.prediction_succeed(prediction.id, body):
         return False
     now = timezone.now()
     common = {
@@ -340,7 +343,7 @@ def prediction_finish(*, prediction: Prediction, body: dict[str, Any]) -> bool:
         "session_id": prediction.session_id,
         "memory_type": body.get("memoryType", ""),
     }
-    ChatMessage.objects.bulk_create(
+    runstore.messages_insert(
         [
             ChatMessage(
                 role=ChatMessageRole.USER, content=prediction.question, created_at=now, **common
