@@ -60,9 +60,7 @@ def _from_row(model: type[Model], row: Sequence[Any]) -> Model:
     for i, col, funcs in _converters(model, connection.vendor):
         for convert in funcs:
             values[i] = convert(values[i], col, connection)
-    return model.from_db(
-        connection.alias, [f.attname for f in model._meta.concrete_fields], values
-    )
+    return model.from_db(connection.alias, [f.attname for f in model._meta.concrete_fields], values)
 
 
 def prediction_claim(prediction_id: str, worker_name: str) -> Prediction | None:
