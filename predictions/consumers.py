@@ -239,7 +239,15 @@ class PredictionStreamConsumer(AsyncJsonWebsocketConsumer):
                 if event is None:
                     continue
                 last = event["seq"]
-                await self.send_json({"type": "event", "predictionId": prediction_id, **event})
+                await self.send_json(
+                    {
+                        "type": "event",
+                        "predictionId": prediction_id,
+                        "seq": event["seq"],
+                        "event": event["event"],
+                        "data": event["data"],
+                    }
+                )
             await self.send_json(await self._outcome(prediction_id))
         except Exception:
             logger.exception(

@@ -124,18 +124,18 @@ class Publisher:
             self.ended = True
         await self.transport.publish(self.prediction_id, Event(seq=self.seq, event=name, data=data))
 
-    async def end(self, name: str, data: Any) -> None:
-        """Emit one closing event (metadata, error, abort) and `end`, sent together."""
+    async def end(self, name: str, data: Any, result: dict[str, Any] | None = None) -> None:
+        """Emit one closing event (metadata, error, abort) and `end`, sent together; `result`
+        (a success's stored result) rides on the live `end` (see `Event`)."""
         if self.ended:
             return
         self.ended = True
         self.seq += 2
+        end = Event(seq=self.seq, event=TERMINAL_EVENT, data=DONE)
+        if result is not None:
+            end["result"] = result
         await self.transport.publish_many(
-            self.prediction_id,
-            [
-                Event(seq=self.seq - 1, event=name, data=data),
-                Event(seq=self.seq, event=TERMINAL_EVENT, data=DONE),
-            ],
+            self.prediction_id, [Event(seq=self.seq - 1, event=name, data=data), end]
         )
 
 
@@ -390,6 +390,8 @@ class RedisTransport:
                         last = event["seq"]
                         yield event
                 event = Event(seq=seq, event=message["event"], data=message["data"])
+                if "result" in message:
+                    event["result"] = message["result"]
                 last = seq
                 yield event
                 if event["event"] == TERMINAL_EVENT:

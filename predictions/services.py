@@ -512,7 +512,7 @@ async def _arun_engine(
         return
     for name, data in extra.items():
         await publisher.emit(name, data)
-    await publisher.end("metadata", _metadata(body))
+    await publisher.end("metadata", _metadata(body), result=body)
     logger.info("prediction %s succeeded", prediction_id)
     metrics.prediction_succeeded(prediction_id)  # metrics
 

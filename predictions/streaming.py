@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 STREAM_KEY_PREFIX = "flowsite:events:"
 CANCEL_KEY_PREFIX = "flowsite:cancel:"
@@ -17,6 +17,10 @@ class Event(TypedDict):
     seq: int
     event: str
     data: Any
+    # On the `end` of a success, as delivered live: the stored result, so that the web process
+    # waiting for a non-streaming answer need not read it back. Never sent to clients, never
+    # kept in the stream (a reader that replays reads the database instead).
+    result: NotRequired[dict[str, Any]]
 
 
 def group_name(prediction_id: object) -> str:

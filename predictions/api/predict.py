@@ -36,7 +36,7 @@ from predictions.exceptions import (
 )
 from predictions.models import Chatflow, Prediction, PredictionStatus
 from predictions.overrides import allowed_overrides
-from predictions.streaming import SSE_HEARTBEAT, TERMINAL_EVENT, sse_frame
+from predictions.streaming import SSE_HEARTBEAT, TERMINAL_EVENT, Event, sse_frame
 
 logger = logging.getLogger(__name__)
 
@@ -219,15 +219,16 @@ async def _achatflow_for(request: HttpRequest, chatflow_id: str) -> Chatflow:
     return chatflow
 
 
-async def _await_end(prediction_id: str) -> None:
-    """Wait for the prediction's `end` event, or raise PredictionTimeout past the web deadline."""
+async def _await_end(prediction_id: str) -> Event:
+    """Wait for the prediction's `end` event and return it, or raise PredictionTimeout past the
+    web deadline."""
     deadline = relay.deadline()
     heartbeat = min(settings.SSE_HEARTBEAT_SECONDS, 5.0)
     async for event in get_transport().read(
         prediction_id, after_seq=0, heartbeat=heartbeat, deadline=deadline
     ):
         if event is not None and event["event"] == TERMINAL_EVENT:
-            return
+            return event
         if time.monotonic() >= deadline:
             raise PredictionTimeout(
                 f"No answer within PREDICTION_TIMEOUT={settings.PREDICTION_TIMEOUT}s",
@@ -365,14 +366,17 @@ async def prediction_create(request: HttpRequest, chatflow_id: str) -> HttpRespo
         response: HttpResponse = _sse_response(prediction_id, 0, owner=True)
     else:
         try:
-            await _await_end(prediction_id)
+            end = await _await_end(prediction_id)
         except PredictionTimeout as exc:
             stored = await relay.agive_up(prediction_id)
             response = error_response(exc) if stored is None else _answer(stored)
         else:
-            # Accepted and answered: ride out a database restart rather than answer 503.
-            stored = await services.aretry_database(Prediction.objects.get, id=prediction.id)
-            response = _answer(stored)
+            if "result" in end:  # a success, as stored (see Event)
+                response = JsonResponse(_ordered(end["result"]))
+            else:
+                # Accepted and answered: ride out a database restart rather than answer 503.
+                stored = await services.aretry_database(Prediction.objects.get, id=prediction.id)
+                response = _answer(stored)
     # Lets a client resume (GET /predictions/<id>/events) or stop it by id.
     response["X-Prediction-Id"] = prediction_id
     return response
