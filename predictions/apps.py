@@ -8,4 +8,9 @@ class PredictionsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from django.conf import settings
+
         from flowsite import checks  # noqa: F401  (registers the system checks)
+        from flowsite.runtime import skip_request_started_cleanup
+
+        skip_request_started_cleanup(debug=settings.DEBUG)

@@ -3,6 +3,8 @@
 from django.conf import settings
 from django_rq.management.commands.rqworker import Command as DjangoRqWorkerCommand
 
+from flowsite.runtime import tune_gc
+
 # django-rq sets rq's log level from --verbosity (INFO unless -v0), not from LOG_LEVEL: the bare
 # command (verbosity 1) follows LOG_LEVEL instead, so LOG_LEVEL=warning drops rq's lines per job.
 _VERBOSITY_OF_LEVEL = {"DEBUG": 2, "INFO": 1, "WARNING": 0, "ERROR": 0}
@@ -16,6 +18,7 @@ class Command(DjangoRqWorkerCommand):
             self.stderr.write(
                 self.style.WARNING("MODE is not 'queue': web processes will not enqueue anything.")
             )
+        tune_gc()
         if options.get("verbosity", 1) == 1:
             options["verbosity"] = _VERBOSITY_OF_LEVEL.get(settings.LOG_LEVEL, 1)
         return super().handle(*(args or (settings.QUEUE_NAME,)), **options)

@@ -1,0 +1,34 @@
+"""Process-wide tuning for the long-running processes (web and worker), applied once loaded."""
+
+from __future__ import annotations
+
+import gc
+
+from django.core import signals
+from django.db import close_old_connections, reset_queries
+
+# Collect the youngest generation every 50,000 allocations instead of 700: a prediction
+# allocates tens of thousands of short-lived objects, and at Python's default each one paid
+# for several collections (0.8 ms of the web process's CPU per prediction, measured).
+GC_THRESHOLD = (50_000, 20, 100)
+
+
+def tune_gc() -> None:
+    """Move everything loaded so far (Django, the apps, their imports) out of the collector's
+    sight, and collect young objects less often. Call once, after startup imports."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLD)
+
+
+def skip_request_started_cleanup(debug: bool) -> None:
+    """Stop running Django's start-of-request database cleanup.
+
+    `close_old_connections` also runs when each request finishes, so at the start it has
+    nothing left to close (connections are never kept between requests here), and
+    `reset_queries` only matters when DEBUG logs queries. Under ASGI the two cost each
+    request a trip to a worker thread.
+    """
+    signals.request_started.disconnect(close_old_connections)
+    if not debug:
+        signals.request_started.disconnect(reset_queries)
