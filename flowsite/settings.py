@@ -191,6 +191,9 @@ if PROMETHEUS_MULTIPROC_DIR:
 PREDICTION_TIMEOUT = env.int("PREDICTION_TIMEOUT", 300, min_value=1, example="300")
 # The web side waits this much longer than the worker's own limit before answering 504.
 PREDICTION_TIMEOUT_MARGIN = env.int("PREDICTION_TIMEOUT_MARGIN", 10, min_value=1)
+# How long a web process reuses a chatflow it read for predictions; saves made by another
+# process apply after at most this long (0 = read it for every prediction).
+CHATFLOW_CACHE_SECONDS = env.float("CHATFLOW_CACHE_SECONDS", 1.0, min_value=0, example="1")
 WORKER_HEARTBEAT_SECONDS = env.int("WORKER_HEARTBEAT_SECONDS", 10, min_value=1)
 WORKER_ABANDONED_JOBS_HANDLER = "predictions.services.predictions_mark_lost"
 # 1 = at most once: a prediction whose worker died fails with worker_lost. More = retried.

@@ -14,3 +14,19 @@ class PredictionsConfig(AppConfig):
         from flowsite.runtime import skip_request_started_cleanup
 
         skip_request_started_cleanup(debug=settings.DEBUG)
+
+        from django.db.models.signals import post_delete, post_save
+
+        from predictions.models import Chatflow
+
+        post_save.connect(_forget_chatflow, sender=Chatflow, dispatch_uid="chatflow-forget-save")
+        post_delete.connect(
+            _forget_chatflow, sender=Chatflow, dispatch_uid="chatflow-forget-delete"
+        )
+
+
+def _forget_chatflow(sender, instance, **kwargs) -> None:
+    """A saved or deleted chatflow applies to this process's next prediction at once."""
+    from predictions.selectors import chatflow_forget
+
+    chatflow_forget(instance.pk)

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
+from django.conf import settings
+
 from predictions.models import ACTIVE_STATUSES, Chatflow, Prediction
+
+# Chatflows read for predictions, by id: (monotonic time they expire, chatflow).
+_recent_chatflows: dict[uuid.UUID, tuple[float, Chatflow]] = {}
+_RECENT_CHATFLOWS_MAX = 1024
 
 
 def parse_uuid(value: object) -> uuid.UUID | None:
@@ -23,6 +30,39 @@ def chatflow_get(chatflow_id: object) -> Chatflow | None:
 async def achatflow_get(chatflow_id: object) -> Chatflow | None:
     pk = parse_uuid(chatflow_id)
     return None if pk is None else await Chatflow.objects.filter(id=pk).afirst()
+
+
+async def achatflow_get_recent(chatflow_id: object) -> Chatflow | None:
+    """Return the chatflow as read at most CHATFLOW_CACHE_SECONDS ago (for predictions).
+
+    Saves a database read per prediction. Saves and deletes in this process apply at once
+    (`chatflow_forget`); those made by other processes after at most CHATFLOW_CACHE_SECONDS.
+    Unknown ids are never remembered, so a new chatflow answers at once everywhere. The
+    instance is shared: read it, never change it.
+    """
+    pk = parse_uuid(chatflow_id)
+    if pk is None:
+        return None
+    ttl = settings.CHATFLOW_CACHE_SECONDS
+    now = time.monotonic()
+    recent = _recent_chatflows.get(pk)
+    if recent is not None and recent[0] > now:
+        return recent[1]
+    chatflow = await achatflow_get(pk)
+    if chatflow is not None and ttl > 0:
+        if len(_recent_chatflows) >= _RECENT_CHATFLOWS_MAX:
+            _recent_chatflows.clear()
+        _recent_chatflows[pk] = (now + ttl, chatflow)
+    return chatflow
+
+
+def chatflow_forget(chatflow_id: uuid.UUID) -> None:
+    """Drop a chatflow from `achatflow_get_recent`'s memory (it was saved or deleted)."""
+    _recent_chatflows.pop(chatflow_id, None)
+
+
+def chatflows_forget_all() -> None:
+    _recent_chatflows.clear()
 
 
 async def aprediction_get(prediction_id: object) -> Prediction | None:

@@ -282,6 +282,11 @@ def _flow_of(chatflow_id: uuid.UUID) -> Flow:
     return flow
 
 
+def flows_forget_all() -> None:
+    """Forget every parsed flow (tests recreate chatflows with the same ids)."""
+    _flows.clear()
+
+
 def _history_turns(prediction: Prediction, flow: Flow) -> tuple[ChatTurn, ...]:
     turns = [
         ChatTurn(role=item["role"], content=item["content"])

@@ -114,11 +114,13 @@ def redis_db(settings) -> Iterator[Any]:
 def _reset_runtime() -> None:
     from channels.layers import channel_layers
 
-    from predictions import clients, events
+    from predictions import clients, events, selectors, services
 
     channel_layers.backends = {}
     events.reset_transport()
     clients.reset_clients()
+    selectors.chatflows_forget_all()
+    services.flows_forget_all()
 
 
 @pytest.fixture

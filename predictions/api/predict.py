@@ -13,7 +13,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
-from django.db import connections
+from django.db import IntegrityError, connections
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.http.multipartparser import MultiPartParserError
 from django.views.decorators.csrf import csrf_exempt
@@ -211,7 +211,7 @@ def _check_origin(request: HttpRequest, chatflow: Chatflow) -> None:
 
 
 async def _achatflow_for(request: HttpRequest, chatflow_id: str) -> Chatflow:
-    chatflow = await selectors.achatflow_get(chatflow_id)
+    chatflow = await selectors.achatflow_get_recent(chatflow_id)
     if chatflow is None:
         raise chatflow_not_found(chatflow_id)
     _check_origin(request, chatflow)
@@ -359,7 +359,12 @@ async def prediction_create(request: HttpRequest, chatflow_id: str) -> HttpRespo
     await ratelimit.acheck(chatflow, ratelimit.request_ip(request))
     data = _parse_body(request)
     prediction_input = prediction_request(data, chatflow)
-    prediction = await _acreate_released(chatflow, prediction_input)
+    try:
+        prediction = await _acreate_released(chatflow, prediction_input)
+    except IntegrityError:
+        # Deleted by another process since this one read it (achatflow_get_recent).
+        selectors.chatflow_forget(chatflow.id)
+        raise chatflow_not_found(chatflow_id) from None
     prediction_id = str(prediction.id)
     await relay.astart(prediction)
     if prediction.streaming:
