@@ -191,6 +191,9 @@ if PROMETHEUS_MULTIPROC_DIR:
 PREDICTION_TIMEOUT = env.int("PREDICTION_TIMEOUT", 300, min_value=1, example="300")
 # The web side waits this much longer than the worker's own limit before answering 504.
 PREDICTION_TIMEOUT_MARGIN = env.int("PREDICTION_TIMEOUT_MARGIN", 10, min_value=1)
+# Queue mode: a run writes its tokens to Redis (and pushes them to readers) at most once per this
+# many ms, the tokens in between together; the first token of a run is never held.
+TOKEN_COALESCE_MS = env.float("TOKEN_COALESCE_MS", 20.0, min_value=0, example="20")
 # How long a web process reuses a chatflow it read for predictions; saves made by another
 # process apply after at most this long (0 = read it for every prediction).
 CHATFLOW_CACHE_SECONDS = env.float("CHATFLOW_CACHE_SECONDS", 1.0, min_value=0, example="1")

@@ -53,6 +53,9 @@ LAYER_DOWN = (*REDIS_DOWN, RuntimeError)
 
 T = TypeVar("T")
 
+# Publishers' delayed token writes, kept referenced until done.
+_background: set[asyncio.Task[None]] = set()
+
 
 async def aretry_redis(
     call: Callable[[], Awaitable[T]], *, what: str, seconds: float = PUBLISH_RETRY_SECONDS
@@ -108,13 +111,33 @@ def _quiet(heartbeat: float, deadline: float | None) -> float:
 
 
 class Publisher:
-    """Number and send the events of one prediction run."""
+    """Number and send the events of one prediction run.
 
-    def __init__(self, transport: Transport, prediction_id: str, *, start_seq: int = 0) -> None:
+    With `coalesce` (seconds), tokens are written in batches, at most one write per `coalesce`:
+    a token that comes `coalesce` or more after the last write of tokens goes at once (so the
+    first token is never held); one that comes sooner waits, with those that follow it, until
+    `coalesce` after that write (or until an event that is not a token comes). Every
+    token is still its own event; only the writes (and live messages) are fewer.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        prediction_id: str,
+        *,
+        start_seq: int = 0,
+        coalesce: float = 0.0,
+    ) -> None:
         self.transport = transport
         self.prediction_id = prediction_id
         self.seq = start_seq
         self.ended = False
+        self.coalesce = coalesce
+        self._pending: list[Event] = []
+        self._hold_until = float("-inf")  # no token is held before this (last write + coalesce)
+        self._timer: asyncio.TimerHandle | None = None
+        self._flush_error: BaseException | None = None
+        self._lock = asyncio.Lock()
 
     async def emit(self, name: str, data: Any) -> None:
         if self.ended:
@@ -122,7 +145,41 @@ class Publisher:
         self.seq += 1
         if name == TERMINAL_EVENT:
             self.ended = True
-        await self.transport.publish(self.prediction_id, Event(seq=self.seq, event=name, data=data))
+        event = Event(seq=self.seq, event=name, data=data)
+        if name == "token" and self.coalesce > 0:
+            loop = asyncio.get_running_loop()
+            if loop.time() < self._hold_until:
+                self._pending.append(event)
+                if self._timer is None:
+                    self._timer = loop.call_at(self._hold_until, self._flush_later)
+                return
+        await self._send([event])
+
+    async def _send(self, events: list[Event]) -> None:
+        """Write what is pending, then `events`, in one call (in seq order, one at a time)."""
+        async with self._lock:
+            if self._flush_error is not None:
+                raise self._flush_error
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            batch, self._pending = [*self._pending, *events], []
+            if batch:
+                if self.coalesce > 0 and batch[-1]["event"] == "token":
+                    self._hold_until = asyncio.get_running_loop().time() + self.coalesce
+                await self.transport.publish_many(self.prediction_id, batch)
+
+    def _flush_later(self) -> None:
+        self._timer = None
+        task = asyncio.get_running_loop().create_task(self._flush())
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    async def _flush(self) -> None:
+        try:
+            await self._send([])
+        except Exception as exc:  # raised again by the run's next event
+            self._flush_error = exc
 
     async def end(self, name: str, data: Any, result: dict[str, Any] | None = None) -> None:
         """Emit one closing event (metadata, error, abort) and `end`, sent together; `result`
@@ -134,9 +191,7 @@ class Publisher:
         end = Event(seq=self.seq, event=TERMINAL_EVENT, data=DONE)
         if result is not None:
             end["result"] = result
-        await self.transport.publish_many(
-            self.prediction_id, [Event(seq=self.seq - 1, event=name, data=data), end]
-        )
+        await self._send([Event(seq=self.seq - 1, event=name, data=data), end])
 
 
 # --- main mode ---------------------------------------------------------------------------------
@@ -276,7 +331,11 @@ class RedisTransport:
                     )
                     if event["seq"] == 1 or event["event"] in _EXPIRY_EVENTS:
                         pipe.expire(key, self.ttl)  # set when the stream begins, renewed at end
-                    pipe.publish(channel, layer.serialize({"type": CHANNEL_EVENT_TYPE, **event}))
+                if len(events) == 1:
+                    live = {"type": CHANNEL_EVENT_TYPE, **events[0]}
+                else:  # one live message for the lot (readers unpack `events`)
+                    live = {"type": CHANNEL_EVENT_TYPE, "seq": events[-1]["seq"], "events": events}
+                pipe.publish(channel, layer.serialize(live))
                 await pipe.execute()
         except ResponseError:
             # redis-py repeats a command whose connection broke, and the first one may have
@@ -379,23 +438,21 @@ class RedisTransport:
                 message, receiving = receiving.result(), None
                 if message.get("type") != CHANNEL_EVENT_TYPE:
                     continue
-                seq = int(message["seq"])
-                if seq <= last:
-                    continue
-                if seq > last + 1:
-                    gap = await self._try_replay(prediction_id, last, seq - 1)
-                    if gap is None:
-                        continue  # Redis is away: the next quiet period replays all of it
-                    for event in gap:
-                        last = event["seq"]
-                        yield event
-                event = Event(seq=seq, event=message["event"], data=message["data"])
-                if "result" in message:
-                    event["result"] = message["result"]
-                last = seq
-                yield event
-                if event["event"] == TERMINAL_EVENT:
-                    return
+                for event in _live_events(message):
+                    seq = event["seq"]
+                    if seq <= last:
+                        continue
+                    if seq > last + 1:
+                        gap = await self._try_replay(prediction_id, last, seq - 1)
+                        if gap is None:
+                            break  # Redis is away: the next quiet period replays all of it
+                        for missed in gap:
+                            last = missed["seq"]
+                            yield missed
+                    last = seq
+                    yield event
+                    if event["event"] == TERMINAL_EVENT:
+                        return
         finally:
             await asyncio.shield(_leave(layer, group, channel, receiving))
 
@@ -414,6 +471,18 @@ class RedisTransport:
         except REDIS_DOWN as exc:
             logger.warning("prediction %s: cannot replay events now (%s)", prediction_id, exc)
             return None
+
+
+def _live_events(message: dict[str, Any]) -> list[Event]:
+    """The events of a live message: one, or a batch under `events` (Publisher.coalesce)."""
+    items = message.get("events", [message])
+    events = []
+    for item in items:
+        event = Event(seq=int(item["seq"]), event=item["event"], data=item["data"])
+        if "result" in item:
+            event["result"] = item["result"]
+        events.append(event)
+    return events
 
 
 async def _leave(

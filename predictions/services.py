@@ -438,7 +438,9 @@ async def aprediction_run(prediction_id: str, *, worker_name: str = "") -> None:
         # Redis may be restarting: wait for it rather than drop a claimed prediction.
         what = f"prediction {prediction_id}"
         seq = await aretry_redis(lambda: transport.last_seq(prediction_id), what=what)
-        publisher = Publisher(transport, prediction_id, start_seq=seq)
+        # Queue mode batches a run's token writes (the in-process transport has none to save).
+        coalesce = settings.TOKEN_COALESCE_MS / 1000 if settings.MODE == "queue" else 0.0
+        publisher = Publisher(transport, prediction_id, start_seq=seq, coalesce=coalesce)
         if await aretry_redis(lambda: acancel_requested(prediction_id), what=what):
             await metrics.acount(metrics.CANCEL_MARKER_HITS)  # metrics
             await _aend_cancelled(prediction_id, publisher)

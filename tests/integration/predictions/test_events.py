@@ -45,3 +45,25 @@ async def test_publish_of_a_repeated_event_is_harmless(queue_mode):
     await transport.publish(PREDICTION_ID, event)  # as after a retried write that had landed
 
     assert await transport.last_seq(PREDICTION_ID) == 1
+
+
+async def test_a_batch_is_one_live_message_and_every_event_in_the_stream(queue_mode):
+    transport = RedisTransport(max_len=100, ttl=60)
+    await transport.publish(PREDICTION_ID, Event(seq=1, event="start", data=""))
+    reader = transport.read(PREDICTION_ID, after_seq=1, heartbeat=5.0)
+    first = asyncio.ensure_future(anext(reader))
+    await asyncio.sleep(0.05)  # let the reader join before the batch (it would replay otherwise)
+    batch = [Event(seq=seq, event="token", data=f"t{seq}") for seq in (2, 3, 4)]
+    end = Event(seq=6, event="end", data="[DONE]", result={"text": "t2t3t4"})
+
+    await transport.publish_many(PREDICTION_ID, batch)
+    await transport.publish_many(PREDICTION_ID, [Event(seq=5, event="metadata", data={}), end])
+    received = [await asyncio.wait_for(first, 5)]
+    received += [event async for event in reader if event is not None]
+
+    assert [e["seq"] for e in received] == [2, 3, 4, 5, 6]
+    assert [e["data"] for e in received[:3]] == ["t2", "t3", "t4"]
+    assert received[-1]["result"] == {"text": "t2t3t4"}  # live only
+    entries = await clients.get_async_redis().xrange(stream_key(PREDICTION_ID))
+    assert len(entries) == 6
+    assert all(b"result" not in fields and "result" not in fields for _, fields in entries)
