@@ -118,6 +118,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--tokens", type=int, default=20, help="tokens per mock answer")
     parser.add_argument("--delay-ms", type=float, default=10.0, help="mock delay before each token")
     parser.add_argument("--worker-concurrency", type=int, default=1000)
+    parser.add_argument(
+        "--seed-messages",
+        type=int,
+        default=0,
+        help="chat messages stored before the rows (across 1,000 sessions of the bench chatflows)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     parser.add_argument(
         "--postgres",
@@ -206,6 +212,41 @@ def recreate_database(admin_url: str) -> None:
         name = sql.Identifier(DATABASE_NAME)
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
         conn.execute(sql.SQL("CREATE DATABASE {}").format(name))
+
+
+SEED_SESSIONS = 1000
+# The history read of a run, as runstore.history sends it.
+HISTORY_QUERY = (
+    'SELECT "role", "content" FROM "predictions_chatmessage" WHERE "chatflow_id" = %s'
+    ' AND "session_id" = %s ORDER BY "created_at" DESC LIMIT %s'
+)
+
+
+def seed_messages(admin_url: str, chatflow_ids: list[str], count: int) -> list[str]:
+    """Store `count` chat messages across SEED_SESSIONS sessions, spread over the chatflows, as
+    past conversations (question and answer pairs); return the history query's plan."""
+    import psycopg
+
+    database = urlunsplit(urlsplit(admin_url)._replace(path=f"/{DATABASE_NAME}"))
+    with psycopg.connect(database, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(
+            """
+            INSERT INTO predictions_chatmessage
+                (id, chatflow_id, chat_id, session_id, role, content, memory_type, created_at)
+            SELECT gen_random_uuid(), (%(flows)s::uuid[])[1 + (n / 2) %% cardinality(%(flows)s)],
+                   'seed-' || ((n / 2) %% %(sessions)s), 'seed-' || ((n / 2) %% %(sessions)s),
+                   CASE WHEN n %% 2 = 0 THEN 'userMessage' ELSE 'apiMessage' END,
+                   'seeded message ' || n, 'Buffer Memory',
+                   now() - interval '1 day' + n * interval '1 millisecond'
+            FROM generate_series(0, %(count)s - 1) AS n
+            """,
+            {"flows": chatflow_ids, "sessions": SEED_SESSIONS, "count": count},
+        )
+        conn.execute("ANALYZE predictions_chatmessage")
+        plan = conn.execute(
+            "EXPLAIN ANALYZE " + HISTORY_QUERY, (chatflow_ids[0], "seed-0", 100)
+        ).fetchall()
+    return [row[0] for row in plan]
 
 
 def database_activity(admin_url: str) -> tuple[int, int]:
@@ -432,6 +473,15 @@ async def run_mode(
         )
         chatflows = json.loads(created.strip().splitlines()[-1])
         print(f"  database migrated, chatflows created in {time.perf_counter() - started:.1f} s")
+        if args.seed_messages:
+            started = time.perf_counter()
+            plan_lines = seed_messages(args.postgres, list(chatflows.values()), args.seed_messages)
+            print(
+                f"  {args.seed_messages:,} chat messages stored across {SEED_SESSIONS:,} sessions"
+                f" in {time.perf_counter() - started:.1f} s; a run's history read:"
+            )
+            for line in plan_lines:
+                print(f"    {line}")
 
         web = spawn(
             f"{mode} web",

@@ -482,6 +482,8 @@ def _live_events(message: dict[str, Any]) -> list[Event]:
         if "result" in item:
             event["result"] = item["result"]
         events.append(event)
+    for event in events[:-1]:
+        event["more"] = True
     return events
 
 

@@ -28,7 +28,7 @@ from predictions.engine import (
     parse_flow,
     run_flow,
 )
-from predictions.events import Publisher, aretry_redis, get_transport
+from predictions.events import Publisher, RedisTransport, Transport, aretry_redis, get_transport
 from predictions.exceptions import QueueUnavailable
 from predictions.models import (
     ACTIVE_STATUSES,
@@ -39,7 +39,7 @@ from predictions.models import (
     Prediction,
     PredictionStatus,
 )
-from predictions.streaming import DONE, cancel_key
+from predictions.streaming import DONE, cancel_key, decode_event, stream_key
 
 logger = logging.getLogger(__name__)
 
@@ -420,6 +420,18 @@ async def acancel_requested(prediction_id: str) -> bool:
     return local.cancel_requested(prediction_id)
 
 
+async def _alast_seq_and_cancelled(transport: Transport, prediction_id: str) -> tuple[int, bool]:
+    """Where the prediction's events stand, and whether it was asked to stop: in queue mode
+    in one round trip."""
+    if not isinstance(transport, RedisTransport):
+        return await transport.last_seq(prediction_id), await acancel_requested(prediction_id)
+    async with clients.get_async_redis().pipeline(transaction=False) as pipe:
+        pipe.xrevrange(stream_key(prediction_id), count=1)
+        pipe.exists(cancel_key(prediction_id))
+        entries, cancelled = await pipe.execute()
+    return (decode_event(*entries[0])["seq"] if entries else 0), bool(cancelled)
+
+
 async def aprediction_run(prediction_id: str, *, worker_name: str = "") -> None:
     """Run a prediction: claim it, run the engine, record the outcome and emit its events.
 
@@ -437,11 +449,13 @@ async def aprediction_run(prediction_id: str, *, worker_name: str = "") -> None:
         prediction, flow, run_input = claimed
         # Redis may be restarting: wait for it rather than drop a claimed prediction.
         what = f"prediction {prediction_id}"
-        seq = await aretry_redis(lambda: transport.last_seq(prediction_id), what=what)
+        seq, cancelled = await aretry_redis(
+            lambda: _alast_seq_and_cancelled(transport, prediction_id), what=what
+        )
         # Queue mode batches a run's token writes (the in-process transport has none to save).
         coalesce = settings.TOKEN_COALESCE_MS / 1000 if settings.MODE == "queue" else 0.0
         publisher = Publisher(transport, prediction_id, start_seq=seq, coalesce=coalesce)
-        if await aretry_redis(lambda: acancel_requested(prediction_id), what=what):
+        if cancelled:
             await metrics.acount(metrics.CANCEL_MARKER_HITS)  # metrics
             await _aend_cancelled(prediction_id, publisher)
             return

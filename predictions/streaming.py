@@ -21,6 +21,9 @@ class Event(TypedDict):
     # waiting for a non-streaming answer need not read it back. Never sent to clients, never
     # kept in the stream (a reader that replays reads the database instead).
     result: NotRequired[dict[str, Any]]
+    # On an event delivered live with others in one message, all but the last: more follow at
+    # once (a relay may write them out together). Never sent to clients.
+    more: NotRequired[bool]
 
 
 def group_name(prediction_id: object) -> str:

@@ -294,8 +294,12 @@ async def _acancel_abandoned(prediction_id: str) -> None:
 
 
 async def _sse(prediction_id: str, after_seq: int, owner: bool = False) -> AsyncIterator[bytes]:
-    """Relay a prediction's events as SSE frames until `end`; heartbeat while waiting."""
+    """Relay a prediction's events as SSE frames until `end`; heartbeat while waiting.
+
+    Events that arrived in one live message go out in one write (each still its own frame).
+    """
     last = after_seq
+    frames: list[bytes] = []
     try:
         async for event in relay.aread_events(
             prediction_id, after_seq=after_seq, heartbeat=settings.SSE_HEARTBEAT_SECONDS
@@ -304,7 +308,12 @@ async def _sse(prediction_id: str, after_seq: int, owner: bool = False) -> Async
                 yield SSE_HEARTBEAT
                 continue
             last = event["seq"]
-            yield sse_frame(event)
+            frames.append(sse_frame(event))
+            if not event.get("more"):
+                yield b"".join(frames)
+                frames.clear()
+        if frames:
+            yield b"".join(frames)
     except asyncio.CancelledError:
         logger.warning("prediction %s: client left the stream at seq %s", prediction_id, last)
         if owner and settings.PREDICTION_STOP_ON_DISCONNECT:

@@ -63,6 +63,7 @@ async def test_a_batch_is_one_live_message_and_every_event_in_the_stream(queue_m
 
     assert [e["seq"] for e in received] == [2, 3, 4, 5, 6]
     assert [e["data"] for e in received[:3]] == ["t2", "t3", "t4"]
+    assert [e.get("more", False) for e in received] == [True, True, False, True, False]
     assert received[-1]["result"] == {"text": "t2t3t4"}  # live only
     entries = await clients.get_async_redis().xrange(stream_key(PREDICTION_ID))
     assert len(entries) == 6

@@ -91,3 +91,30 @@ async def test_a_failed_delayed_write_fails_the_next_event():
     await wait_until(failed, within=5.0)
     with pytest.raises(ConnectionError, match="redis went away"):
         await publisher.end("metadata", {})
+
+
+async def test_sse_writes_the_events_of_one_live_message_together(monkeypatch):
+    from predictions import relay
+    from predictions.api import predict
+
+    delivered = [
+        Event(seq=1, event="start", data=""),
+        Event(seq=2, event="token", data="a", more=True),
+        Event(seq=3, event="token", data="b", more=True),
+        Event(seq=4, event="token", data="c"),
+        None,  # a quiet spell
+        Event(seq=5, event="metadata", data={}, more=True),
+        Event(seq=6, event="end", data="[DONE]"),
+    ]
+
+    async def fake_read(prediction_id, *, after_seq, heartbeat):
+        for event in delivered:
+            yield event
+
+    monkeypatch.setattr(relay, "aread_events", fake_read)
+
+    chunks = [chunk async for chunk in predict._sse("p", 0)]
+
+    assert [chunk.count(b"\n\n") for chunk in chunks] == [1, 3, 1, 2]
+    assert chunks[2] == predict.SSE_HEARTBEAT
+    assert b"more" not in b"".join(chunks)
