@@ -164,10 +164,17 @@ class Publisher:
                 self._timer.cancel()
                 self._timer = None
             batch, self._pending = [*self._pending, *events], []
-            if batch:
-                if self.coalesce > 0 and batch[-1]["event"] == "token":
-                    self._hold_until = asyncio.get_running_loop().time() + self.coalesce
-                await self.transport.publish_many(self.prediction_id, batch)
+            if not batch:
+                return
+            hold = self.coalesce > 0 and batch[-1]["event"] == "token"
+            loop = asyncio.get_running_loop()
+            if hold:
+                self._hold_until = loop.time() + self.coalesce
+            await self.transport.publish_many(self.prediction_id, batch)
+            if hold:
+                # From the write's end: a run that waited on a slow write (a busy worker) has
+                # its next tokens ready at once, and they should go together.
+                self._hold_until = loop.time() + self.coalesce
 
     def _flush_later(self) -> None:
         self._timer = None
