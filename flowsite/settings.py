@@ -102,7 +102,7 @@ else:
             "max_size": _pool_size,
             # How long a request waits for a free connection, or for an unreachable database,
             # before it is refused with 503 database_unavailable.
-            "timeout": env.float("DATABASE_POOL_TIMEOUT", 2.0, min_value=0.1, example="2"),
+            "timeout": env.float("DATABASE_POOL_TIMEOUT", 10.0, min_value=0.1, example="10"),
             "max_idle": 300,
         }
 DATABASES = {"default": _db}
