@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from types import SimpleNamespace
 
 import pytest
 from django.test import AsyncClient
 
 from predictions import selectors, services
 from predictions.models import Chatflow, Prediction
-from tests.unit.helpers import acreate_chatflow, error_of, post_json, prediction_url
+from tests.unit.helpers import acreate_chatflow, error_of, post_json, prediction_url, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -27,7 +29,7 @@ class _Clock:
 @pytest.fixture
 def clock(monkeypatch) -> _Clock:
     clock = _Clock()
-    monkeypatch.setattr(selectors.time, "monotonic", clock)
+    monkeypatch.setattr(selectors, "time", SimpleNamespace(monotonic=clock))
     return clock
 
 
@@ -158,3 +160,73 @@ async def test_json_answer_without_a_live_result_reads_the_database(api: AsyncCl
     stored = await Prediction.objects.aget(id=response["X-Prediction-Id"])
     assert response.status_code == 200
     assert json.loads(response.content) == stored.result
+
+
+async def test_an_expired_chatflow_is_read_once_while_others_keep_their_copy(
+    settings, clock: _Clock, monkeypatch
+):
+    settings.CHATFLOW_CACHE_SECONDS = 1.0
+    chatflow = await acreate_chatflow()
+    first = await selectors.achatflow_get_recent(chatflow.id)
+    clock.now += 2
+    reads = []
+    release = asyncio.Event()
+    real_get = selectors.achatflow_get
+
+    async def slow_get(pk):
+        reads.append(pk)
+        await release.wait()
+        return await real_get(pk)
+
+    monkeypatch.setattr(selectors, "achatflow_get", slow_get)
+
+    refreshing = asyncio.create_task(selectors.achatflow_get_recent(chatflow.id))
+
+    async def reading() -> bool:
+        return bool(reads)
+
+    await wait_until(reading)
+    meanwhile = [  # with a second read, these would wait for `release` (and time out)
+        await asyncio.wait_for(selectors.achatflow_get_recent(chatflow.id), 5) for _ in range(5)
+    ]
+    release.set()
+    fresh = await refreshing
+
+    assert len(reads) == 1
+    assert all(copy is first for copy in meanwhile)
+    assert fresh is not first
+    assert fresh.id == chatflow.id
+
+
+async def test_a_read_that_a_save_overtook_is_not_remembered(settings, clock: _Clock, monkeypatch):
+    settings.CHATFLOW_CACHE_SECONDS = 60.0
+    chatflow = await acreate_chatflow()
+    release = asyncio.Event()
+    real_get = selectors.achatflow_get
+
+    async def slow_get(pk):
+        found = await real_get(pk)
+        await release.wait()
+        return found
+
+    monkeypatch.setattr(selectors, "achatflow_get", slow_get)
+    reads = []
+
+    async def counted_get(pk):
+        reads.append(pk)
+        return await slow_get(pk)
+
+    monkeypatch.setattr(selectors, "achatflow_get", counted_get)
+    reading = asyncio.create_task(selectors.achatflow_get_recent(chatflow.id))
+
+    async def read_begun() -> bool:
+        return bool(reads)
+
+    await wait_until(read_begun)
+    stored = await Chatflow.objects.aget(id=chatflow.id)
+    stored.name = "renamed"
+    await stored.asave()  # this process's save, after the read began
+    release.set()
+    await reading
+
+    assert chatflow.id not in selectors._recent_chatflows
