@@ -78,10 +78,19 @@ class OpenAIChatModel:
         body["stream"] = stream
         return body
 
+    def request_content(self, messages: Sequence[Message], *, stream: bool) -> bytes:
+        """Return the request body as sent (JSON; encoded here, which costs httpx's `json=` a
+        third of its CPU per request)."""
+        body = self.request_body(messages, stream=stream)
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
     def request_headers(self, *, stream: bool) -> dict[str, str]:
-        """Return extra headers (baseOptions), Accept, and Authorization when there is a key."""
+        """Return extra headers (baseOptions), Accept, Content-Type, and Authorization when
+        there is a key."""
         headers = dict(self.settings.headers)
         headers["Accept"] = "text/event-stream" if stream else "application/json"
+        if not any(name.lower() == "content-type" for name in headers):
+            headers["Content-Type"] = "application/json"
         if self.settings.api_key:
             headers["Authorization"] = f"Bearer {self.settings.api_key}"
         return headers
@@ -92,7 +101,7 @@ class OpenAIChatModel:
         try:
             response = await self._client().post(
                 self.url,
-                json=self.request_body(messages, stream=False),
+                content=self.request_content(messages, stream=False),
                 headers=self.request_headers(stream=False),
                 timeout=self.settings.complete_timeout or self.settings.timeout,
             )
@@ -101,7 +110,7 @@ class OpenAIChatModel:
         if response.status_code >= 400:
             raise self._status_error(response.status_code, response.content)
         try:
-            data = response.json()
+            data = json.loads(response.content)
         except ValueError:
             raise self._bad_response(
                 f"answered HTTP {response.status_code} with a body that is not JSON"
@@ -115,7 +124,7 @@ class OpenAIChatModel:
             async with self._client().stream(
                 "POST",
                 self.url,
-                json=self.request_body(messages, stream=True),
+                content=self.request_content(messages, stream=True),
                 headers=self.request_headers(stream=True),
                 timeout=self.settings.timeout,
             ) as response:
