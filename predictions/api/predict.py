@@ -305,7 +305,8 @@ async def _sse(prediction_id: str, after_seq: int, owner: bool = False) -> Async
             prediction_id, after_seq=after_seq, heartbeat=settings.SSE_HEARTBEAT_SECONDS
         ):
             if event is None:
-                yield SSE_HEARTBEAT
+                yield b"".join([*frames, SSE_HEARTBEAT])
+                frames.clear()
                 continue
             last = event["seq"]
             frames.append(sse_frame(event))

@@ -118,3 +118,26 @@ async def test_sse_writes_the_events_of_one_live_message_together(monkeypatch):
     assert [chunk.count(b"\n\n") for chunk in chunks] == [1, 3, 1, 2]
     assert chunks[2] == predict.SSE_HEARTBEAT
     assert b"more" not in b"".join(chunks)
+
+
+async def test_sse_never_holds_a_frame_past_a_heartbeat(monkeypatch):
+    from predictions import relay
+    from predictions.api import predict
+
+    delivered = [
+        Event(seq=1, event="token", data="a", more=True),
+        None,  # the rest of its message never came (e.g. Redis went away)
+        Event(seq=2, event="end", data="[DONE]"),
+    ]
+
+    async def fake_read(prediction_id, *, after_seq, heartbeat):
+        for event in delivered:
+            yield event
+
+    monkeypatch.setattr(relay, "aread_events", fake_read)
+
+    chunks = [chunk async for chunk in predict._sse("p", 0)]
+
+    assert len(chunks) == 2
+    assert chunks[0].startswith(b"message:\ndata:")
+    assert chunks[0].endswith(predict.SSE_HEARTBEAT)
