@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from predictions.events import Publisher
-from predictions.streaming import Event
+from predictions.streaming import SSE_HEARTBEAT, Event
 from tests.unit.helpers import wait_until
 
 
@@ -93,51 +93,48 @@ async def test_a_failed_delayed_write_fails_the_next_event():
         await publisher.end("metadata", {})
 
 
-async def test_sse_writes_the_events_of_one_live_message_together(monkeypatch):
+async def _sse_chunks(monkeypatch, delivered: list[Event | None]) -> list[bytes]:
+    """What `_sse` writes when the relay yields `delivered` (None: a quiet spell)."""
     from predictions import relay
     from predictions.api import predict
-
-    delivered = [
-        Event(seq=1, event="start", data=""),
-        Event(seq=2, event="token", data="a", more=True),
-        Event(seq=3, event="token", data="b", more=True),
-        Event(seq=4, event="token", data="c"),
-        None,  # a quiet spell
-        Event(seq=5, event="metadata", data={}, more=True),
-        Event(seq=6, event="end", data="[DONE]"),
-    ]
 
     async def fake_read(prediction_id, *, after_seq, heartbeat):
         for event in delivered:
             yield event
 
     monkeypatch.setattr(relay, "aread_events", fake_read)
+    return [chunk async for chunk in predict._sse("p", 0)]
 
-    chunks = [chunk async for chunk in predict._sse("p", 0)]
+
+async def test_sse_writes_the_events_of_one_live_message_together(monkeypatch):
+    chunks = await _sse_chunks(
+        monkeypatch,
+        [
+            Event(seq=1, event="start", data=""),
+            Event(seq=2, event="token", data="a", more=True),
+            Event(seq=3, event="token", data="b", more=True),
+            Event(seq=4, event="token", data="c"),
+            None,  # a quiet spell
+            Event(seq=5, event="metadata", data={}, more=True),
+            Event(seq=6, event="end", data="[DONE]"),
+        ],
+    )
 
     assert [chunk.count(b"\n\n") for chunk in chunks] == [1, 3, 1, 2]
-    assert chunks[2] == predict.SSE_HEARTBEAT
+    assert chunks[2] == SSE_HEARTBEAT
     assert b"more" not in b"".join(chunks)
 
 
 async def test_sse_never_holds_a_frame_past_a_heartbeat(monkeypatch):
-    from predictions import relay
-    from predictions.api import predict
-
-    delivered = [
-        Event(seq=1, event="token", data="a", more=True),
-        None,  # the rest of its message never came (e.g. Redis went away)
-        Event(seq=2, event="end", data="[DONE]"),
-    ]
-
-    async def fake_read(prediction_id, *, after_seq, heartbeat):
-        for event in delivered:
-            yield event
-
-    monkeypatch.setattr(relay, "aread_events", fake_read)
-
-    chunks = [chunk async for chunk in predict._sse("p", 0)]
+    chunks = await _sse_chunks(
+        monkeypatch,
+        [
+            Event(seq=1, event="token", data="a", more=True),
+            None,  # the rest of its message never came (e.g. Redis went away)
+            Event(seq=2, event="end", data="[DONE]"),
+        ],
+    )
 
     assert len(chunks) == 2
     assert chunks[0].startswith(b"message:\ndata:")
-    assert chunks[0].endswith(predict.SSE_HEARTBEAT)
+    assert chunks[0].endswith(SSE_HEARTBEAT)
