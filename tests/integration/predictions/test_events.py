@@ -10,6 +10,7 @@ from channels.layers import get_channel_layer
 from predictions import clients
 from predictions.events import RedisTransport
 from predictions.streaming import CHANNEL_EVENT_TYPE, Event, group_name, stream_key
+from tests.unit.helpers import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +53,14 @@ async def test_a_batch_is_one_live_message_and_every_event_in_the_stream(queue_m
     await transport.publish(PREDICTION_ID, Event(seq=1, event="start", data=""))
     reader = transport.read(PREDICTION_ID, after_seq=1, heartbeat=5.0)
     first = asyncio.ensure_future(anext(reader))
-    await asyncio.sleep(0.05)  # let the reader join before the batch (it would replay otherwise)
+    layer = get_channel_layer()
+    group_channel = layer._get_group_channel_name(group_name(PREDICTION_ID))
+
+    async def joined() -> bool:  # else it would replay the stream, which has no `result`
+        [(_, subscribers)] = await clients.get_async_redis().pubsub_numsub(group_channel)
+        return subscribers > 0
+
+    await wait_until(joined)
     batch = [Event(seq=seq, event="token", data=f"t{seq}") for seq in (2, 3, 4)]
     end = Event(seq=6, event="end", data="[DONE]", result={"text": "t2t3t4"})
 
