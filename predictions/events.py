@@ -353,9 +353,15 @@ class RedisTransport:
 
     async def last_seq(self, prediction_id: str) -> int:
         entries = await clients.get_async_redis().xrevrange(stream_key(prediction_id), count=1)
-        if not entries:
-            return 0
-        return decode_event(*entries[0])["seq"]
+        return _seq_of_last(entries)
+
+    async def last_seq_and_exists(self, prediction_id: str, key: str) -> tuple[int, bool]:
+        """`last_seq` and whether `key` exists (e.g. a cancel marker), in one round trip."""
+        async with clients.get_async_redis().pipeline(transaction=False) as pipe:
+            pipe.xrevrange(stream_key(prediction_id), count=1)
+            pipe.exists(key)
+            entries, exists = await pipe.execute()
+        return _seq_of_last(entries), bool(exists)
 
     async def exists(self, prediction_id: str) -> bool:
         return bool(await clients.get_async_redis().exists(stream_key(prediction_id)))
@@ -478,6 +484,11 @@ class RedisTransport:
         except REDIS_DOWN as exc:
             logger.warning("prediction %s: cannot replay events now (%s)", prediction_id, exc)
             return None
+
+
+def _seq_of_last(entries: list[Any]) -> int:
+    """The seq of a stream's last entry (an XREVRANGE COUNT 1 reply), 0 when it is empty."""
+    return decode_event(*entries[0])["seq"] if entries else 0
 
 
 def _live_events(message: dict[str, Any]) -> list[Event]:

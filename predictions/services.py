@@ -39,7 +39,7 @@ from predictions.models import (
     Prediction,
     PredictionStatus,
 )
-from predictions.streaming import DONE, cancel_key, decode_event, stream_key
+from predictions.streaming import DONE, cancel_key
 
 logger = logging.getLogger(__name__)
 
@@ -423,13 +423,9 @@ async def acancel_requested(prediction_id: str) -> bool:
 async def _alast_seq_and_cancelled(transport: Transport, prediction_id: str) -> tuple[int, bool]:
     """Where the prediction's events stand, and whether it was asked to stop: in queue mode
     in one round trip."""
-    if not isinstance(transport, RedisTransport):
-        return await transport.last_seq(prediction_id), await acancel_requested(prediction_id)
-    async with clients.get_async_redis().pipeline(transaction=False) as pipe:
-        pipe.xrevrange(stream_key(prediction_id), count=1)
-        pipe.exists(cancel_key(prediction_id))
-        entries, cancelled = await pipe.execute()
-    return (decode_event(*entries[0])["seq"] if entries else 0), bool(cancelled)
+    if isinstance(transport, RedisTransport):
+        return await transport.last_seq_and_exists(prediction_id, cancel_key(prediction_id))
+    return await transport.last_seq(prediction_id), await acancel_requested(prediction_id)
 
 
 async def aprediction_run(prediction_id: str, *, worker_name: str = "") -> None:
