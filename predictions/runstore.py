@@ -6,7 +6,8 @@ sent directly (0.66 ms against 0.22 ms per primary-key read, measured on the ben
 and they are most of a worker's database time, so they are written out here once. Values go
 through each field's own `get_db_prep_save` and rows through `Model.from_db`, so they are stored
 and read exactly as the ORM would; the SQL (UPDATE … RETURNING, multi-row INSERT) is the same on
-PostgreSQL and SQLite (3.35+). Everything else keeps using the ORM.
+PostgreSQL and SQLite (3.35+), and each statement's text is built once per database vendor.
+Everything else keeps using the ORM.
 """
 
 from __future__ import annotations
@@ -66,17 +67,6 @@ def _from_row(model: type[Model], row: Sequence[Any]) -> Model:
 def prediction_claim(prediction_id: str, worker_name: str) -> Prediction | None:
     """Mark an active prediction running (one more attempt) and return it; None if it is not
     active any more. One statement."""
-    columns = ", ".join(
-        connection.ops.quote_name(f.column) for f in Prediction._meta.concrete_fields
-    )
-    status = _column(Prediction, "status")
-    attempts = _column(Prediction, "attempts")
-    sql = (
-        f"UPDATE {_table(Prediction)} SET {status} = %s, {_column(Prediction, 'started_at')} = %s,"
-        f" {attempts} = {attempts} + 1, {_column(Prediction, 'worker_name')} = %s"
-        f" WHERE {_column(Prediction, 'id')} = %s AND {status} IN (%s, %s)"
-        f" RETURNING {columns}"
-    )
     params = [
         PredictionStatus.RUNNING.value,
         _value(Prediction, "started_at", timezone.now()),
@@ -85,48 +75,66 @@ def prediction_claim(prediction_id: str, worker_name: str) -> Prediction | None:
         *(s.value for s in ACTIVE_STATUSES),
     ]
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(_claim_sql(connection.vendor), params)
         row = cursor.fetchone()
     return None if row is None else _from_row(Prediction, row)  # type: ignore[return-value]
+
+
+@functools.cache
+def _claim_sql(vendor: str) -> str:
+    columns = ", ".join(
+        connection.ops.quote_name(f.column) for f in Prediction._meta.concrete_fields
+    )
+    status = _column(Prediction, "status")
+    attempts = _column(Prediction, "attempts")
+    return (
+        f"UPDATE {_table(Prediction)} SET {status} = %s, {_column(Prediction, 'started_at')} = %s,"
+        f" {attempts} = {attempts} + 1, {_column(Prediction, 'worker_name')} = %s"
+        f" WHERE {_column(Prediction, 'id')} = %s AND {status} IN (%s, %s)"
+        f" RETURNING {columns}"
+    )
 
 
 def chatflow_stamp(chatflow_id: uuid.UUID) -> Any:
     """Return what changes whenever the chatflow is saved (its updated_at, as the driver gives
     it), or None if it is gone: a cheap check of a cached flow."""
-    sql = (
-        f"SELECT {_column(Chatflow, 'updated_at')} FROM {_table(Chatflow)}"
-        f" WHERE {_column(Chatflow, 'id')} = %s"
-    )
     with connection.cursor() as cursor:
-        cursor.execute(sql, [_pk(Chatflow, chatflow_id)])
+        cursor.execute(_stamp_sql(connection.vendor), [_pk(Chatflow, chatflow_id)])
         row = cursor.fetchone()
     return None if row is None else row[0]
 
 
+@functools.cache
+def _stamp_sql(vendor: str) -> str:
+    return (
+        f"SELECT {_column(Chatflow, 'updated_at')} FROM {_table(Chatflow)}"
+        f" WHERE {_column(Chatflow, 'id')} = %s"
+    )
+
+
 def history(chatflow_id: uuid.UUID, session_id: str, limit: int) -> list[tuple[str, str]]:
     """Return the last `limit` (role, content) pairs of a session, oldest first."""
-    created_at = _column(ChatMessage, "created_at")
-    sql = (
-        f"SELECT {_column(ChatMessage, 'role')}, {_column(ChatMessage, 'content')}"
-        f" FROM {_table(ChatMessage)}"
-        f" WHERE {_column(ChatMessage, 'chatflow')} = %s AND {_column(ChatMessage, 'session_id')}"
-        f" = %s ORDER BY {created_at} DESC LIMIT %s"
-    )
     with connection.cursor() as cursor:
-        cursor.execute(sql, [_pk(Chatflow, chatflow_id), session_id, limit])
+        cursor.execute(
+            _history_sql(connection.vendor), [_pk(Chatflow, chatflow_id), session_id, limit]
+        )
         rows = cursor.fetchall()
     rows.reverse()
     return [(role, content) for role, content in rows]
 
 
+@functools.cache
+def _history_sql(vendor: str) -> str:
+    return (
+        f"SELECT {_column(ChatMessage, 'role')}, {_column(ChatMessage, 'content')}"
+        f" FROM {_table(ChatMessage)}"
+        f" WHERE {_column(ChatMessage, 'chatflow')} = %s AND {_column(ChatMessage, 'session_id')}"
+        f" = %s ORDER BY {_column(ChatMessage, 'created_at')} DESC LIMIT %s"
+    )
+
+
 def prediction_succeed(prediction_id: uuid.UUID, result: dict[str, Any]) -> bool:
     """Record a running prediction's answer; False if it is not running any more."""
-    status = _column(Prediction, "status")
-    sql = (
-        f"UPDATE {_table(Prediction)} SET {status} = %s, {_column(Prediction, 'result')} = %s,"
-        f" {_column(Prediction, 'finished_at')} = %s"
-        f" WHERE {_column(Prediction, 'id')} = %s AND {status} = %s"
-    )
     params = [
         PredictionStatus.SUCCEEDED.value,
         _value(Prediction, "result", result),
@@ -135,18 +143,31 @@ def prediction_succeed(prediction_id: uuid.UUID, result: dict[str, Any]) -> bool
         PredictionStatus.RUNNING.value,
     ]
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(_succeed_sql(connection.vendor), params)
         return cursor.rowcount > 0
+
+
+@functools.cache
+def _succeed_sql(vendor: str) -> str:
+    status = _column(Prediction, "status")
+    return (
+        f"UPDATE {_table(Prediction)} SET {status} = %s, {_column(Prediction, 'result')} = %s,"
+        f" {_column(Prediction, 'finished_at')} = %s"
+        f" WHERE {_column(Prediction, 'id')} = %s AND {status} = %s"
+    )
 
 
 def messages_insert(messages: Sequence[ChatMessage]) -> None:
     """Insert chat messages in one statement (what bulk_create does, without building it)."""
     fields = ChatMessage._meta.concrete_fields
+    params = [f.get_db_prep_save(f.pre_save(m, True), connection) for m in messages for f in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(_insert_sql(connection.vendor, len(messages)), params)
+
+
+@functools.cache
+def _insert_sql(vendor: str, rows: int) -> str:
+    fields = ChatMessage._meta.concrete_fields
     columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
     row = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    params = [f.get_db_prep_save(f.pre_save(m, True), connection) for m in messages for f in fields]
-    sql = f"INSERT INTO {_table(ChatMessage)} ({columns}) VALUES " + ", ".join(
-        [row] * len(messages)
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+    return f"INSERT INTO {_table(ChatMessage)} ({columns}) VALUES " + ", ".join([row] * rows)
