@@ -508,11 +508,26 @@ def _live_events(message: dict[str, Any]) -> list[Event]:
 async def _leave(
     layer: Any, group: str, channel: str | None, receiving: asyncio.Future[Any] | None
 ) -> None:
-    if receiving is not None:
-        receiving.cancel()  # the layer unsubscribes the channel
-        await asyncio.wait({receiving})
-    if channel is not None:
-        await _discard(layer, group, channel)
+    if channel is None:
+        return
+    # channels-redis forgets a channel (its queue and its Redis subscription) only when a receive
+    # on it is cancelled (django/channels_redis#276): a reader that took its last message has
+    # none pending, so one is started to be cancelled. Without it every reader leaked both.
+    if receiving is None or receiving.done():
+        receiving = await _pending_receive(layer, channel)
+    receiving.cancel()
+    await asyncio.wait({receiving})
+    await _discard(layer, group, channel)
+
+
+async def _pending_receive(layer: Any, channel: str) -> asyncio.Future[Any]:
+    """Start a receive on `channel` and return it once it waits for a message."""
+    while True:
+        receiving = asyncio.ensure_future(layer.receive(channel))
+        await asyncio.sleep(0)  # the receive runs up to its wait without awaiting anything else
+        if not receiving.done():
+            return receiving
+        # It took a message that was already queued, which the reader no longer wants.
 
 
 async def _discard(layer: Any, group: str, channel: str) -> None:

@@ -76,3 +76,69 @@ async def test_a_batch_is_one_live_message_and_every_event_in_the_stream(queue_m
     entries = await clients.get_async_redis().xrange(stream_key(PREDICTION_ID))
     assert len(entries) == 6
     assert all(b"result" not in fields and "result" not in fields for _, fields in entries)
+
+
+async def _joined_channels() -> list[str]:
+    """The reader's own channel and its group's channel, once both are subscribed in Redis."""
+    layer = get_channel_layer()._get_layer()
+    names = [layer._get_group_channel_name(group_name(PREDICTION_ID))]
+
+    async def subscribed() -> bool:
+        return len(layer.channels) == 1 and await _subscribers(names + list(layer.channels)) == 2
+
+    await wait_until(subscribed)
+    return names + list(layer.channels)
+
+
+async def _subscribers(names: list[str]) -> int:
+    return sum(count for _, count in await clients.get_async_redis().pubsub_numsub(*names))
+
+
+async def test_a_reader_that_took_the_end_leaves_no_channel_or_subscription(queue_mode):
+    transport = RedisTransport(max_len=100, ttl=60)
+    await transport.publish(PREDICTION_ID, Event(seq=1, event="start", data=""))
+    reader = transport.read(PREDICTION_ID, after_seq=1, heartbeat=5.0)
+    first = asyncio.ensure_future(anext(reader))
+    names = await _joined_channels()
+
+    await transport.publish(PREDICTION_ID, Event(seq=2, event="end", data="[DONE]"))
+    assert (await asyncio.wait_for(first, 5))["event"] == "end"
+    with pytest.raises(StopAsyncIteration):
+        await anext(reader)
+
+    layer = get_channel_layer()._get_layer()
+    assert layer.channels == {}
+    assert layer.groups == {}
+
+    async def unsubscribed() -> bool:
+        return await _subscribers(names) == 0
+
+    await wait_until(unsubscribed)
+
+
+async def test_a_reader_closed_with_a_message_queued_leaves_no_channel(queue_mode):
+    transport = RedisTransport(max_len=100, ttl=60)
+    await transport.publish(PREDICTION_ID, Event(seq=1, event="start", data=""))
+    reader = transport.read(PREDICTION_ID, after_seq=1, heartbeat=5.0)
+    first = asyncio.ensure_future(anext(reader))
+    names = await _joined_channels()
+    layer = get_channel_layer()._get_layer()
+    [queue] = layer.channels.values()
+
+    await transport.publish(PREDICTION_ID, Event(seq=2, event="token", data="a"))
+    assert (await asyncio.wait_for(first, 5))["seq"] == 2
+    await transport.publish(PREDICTION_ID, Event(seq=3, event="token", data="b"))
+
+    async def queued() -> bool:  # a message the reader will never take
+        return queue.qsize() == 1
+
+    await wait_until(queued)
+    await reader.aclose()
+
+    assert layer.channels == {}
+    assert layer.groups == {}
+
+    async def unsubscribed() -> bool:
+        return await _subscribers(names) == 0
+
+    await wait_until(unsubscribed)
