@@ -26,6 +26,7 @@ class RedisConfig:
     keep_alive_ms: int | None = None
     connect_timeout: float = 5.0
     socket_timeout: float = 30.0
+    max_connections: int = 100
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

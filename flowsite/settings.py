@@ -159,6 +159,7 @@ def _redis_config() -> RedisConfig:
         verify=env.bool("REDIS_TLS_VERIFY", True),
         keep_alive_ms=keep_alive or None,
         connect_timeout=env.float("REDIS_CONNECT_TIMEOUT", 5.0, example="5"),
+        max_connections=env.int("REDIS_MAX_CONNECTIONS", 100, min_value=1, example="100"),
     )
 
 

@@ -47,7 +47,16 @@ def get_async_redis() -> aredis.Redis:
     loop = asyncio.get_running_loop()
     client = _async_clients.get(loop)
     if client is None:
-        client = aredis.Redis.from_url(settings.REDIS.url, **_redis_kwargs(AsyncRetry))
+        # A bounded pool that waits for a free connection: redis-py's default pool refuses a
+        # command outright ("Too many connections") once 100 are in use, which a worker with
+        # hundreds of predictions in flight reaches at every burst of token writes.
+        pool = aredis.BlockingConnectionPool.from_url(
+            settings.REDIS.url,
+            max_connections=settings.REDIS.max_connections,
+            timeout=settings.REDIS.socket_timeout,
+            **_redis_kwargs(AsyncRetry),
+        )
+        client = aredis.Redis.from_pool(pool)
         _async_clients[loop] = client
     return client
 

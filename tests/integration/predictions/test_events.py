@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 from channels.layers import get_channel_layer
@@ -36,6 +37,18 @@ async def test_publish_reaches_a_layer_reader_live_and_the_stream(queue_mode):
         assert 0 < ttl <= 60
     finally:
         await layer.group_discard(group_name(PREDICTION_ID), channel)
+
+
+async def test_more_commands_at_once_than_connections_wait_for_one(queue_mode, settings):
+    settings.REDIS = dataclasses.replace(settings.REDIS, max_connections=3)
+    clients.reset_clients()
+    redis = clients.get_async_redis()
+
+    # redis-py's default pool refuses a command at once ("Too many connections") past 100.
+    await asyncio.gather(*(redis.incr("flowsite-test-counter") for _ in range(300)))
+
+    assert int(await redis.get("flowsite-test-counter")) == 300
+    assert len(redis.connection_pool._available_connections) <= 3
 
 
 async def test_publish_of_a_repeated_event_is_harmless(queue_mode):
