@@ -45,6 +45,7 @@ from bench.procs import ROOT, RssSampler, Service, free_port, spawn, wait_ready
 
 PYTHON = sys.executable
 DAPHNE = str(Path(sys.executable).parent / "daphne")
+APPLICATION = "flowsite.asgi:application"
 DATABASE_NAME = "flowsite_bench"
 SECRET_KEY = "flowsite-bench-secret-key-not-for-production-0123456789"
 QUEUE_NAME = "flowsite-bench"
@@ -485,7 +486,7 @@ async def run_mode(
 
         web = spawn(
             f"{mode} web",
-            [DAPHNE, "-b", "127.0.0.1", "-p", str(port), "flowsite.asgi:application"],
+            [DAPHNE, "-e", f"tcp:port={port}:interface=127.0.0.1:backlog=1024", APPLICATION],
             env,
             out / f"{mode}-web.log",
         )

@@ -8,7 +8,7 @@ fi
 command="${1:-web}"
 [ "$#" -gt 0 ] && shift
 case "$command" in
-  web) exec daphne -b 0.0.0.0 -p "${PORT:-3000}" flowsite.asgi:application ;;
+  web) exec daphne -e "tcp:port=${PORT:-3000}:interface=0.0.0.0:backlog=1024" flowsite.asgi:application ;;
   worker) exec python manage.py rqworker "$@" ;;
   release) python manage.py migrate --noinput && exec python manage.py check --deploy ;;
   manage) exec python manage.py "$@" ;;

@@ -124,10 +124,8 @@ class Stack:
                 sys.executable,
                 "-m",
                 "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(port),
+                "-e",
+                f"tcp:port={port}:interface=127.0.0.1:backlog=1024",  # as in the Procfile
                 "flowsite.asgi:application",
             ],
             self.env(**env),

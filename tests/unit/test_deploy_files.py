@@ -53,6 +53,14 @@ def test_procfile_commands_exist():
         _check_command_line(command)
 
 
+def test_web_commands_listen_with_a_long_backlog():
+    # daphne's -b/-p listen with Twisted's backlog of 50: a burst of new clients is dropped.
+    processes = dict(line.split(": ", 1) for line in (ROOT / "Procfile").read_text().splitlines())
+    for command in (processes["web"], _entrypoint_cases()["web"]):
+        [endpoint] = [word for word in shlex.split(command) if word.startswith("tcp:")]
+        assert "backlog=1024" in endpoint.split(":"), command
+
+
 def test_entrypoint_runs_the_procfile_processes():
     assert ENTRYPOINT.stat().st_mode & 0o111, "deploy/entrypoint.sh must be executable"
     cases = _entrypoint_cases()
