@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -412,6 +413,7 @@ class RedisTransport:
             # deadline bounds it); a new one is refused up front by the API instead.
             while True:
                 try:
+                    await _keep_listening(layer)
                     if channel is None:
                         channel = await layer.new_channel()
                     await layer.group_add(group, channel)
@@ -503,6 +505,31 @@ def _live_events(message: dict[str, Any]) -> list[Event]:
     for event in events[:-1]:
         event["more"] = True
     return events
+
+
+# The channel each event loop's layer keeps subscribed (see _keep_listening).
+_listening: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, str | None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def _keep_listening(layer: Any) -> None:
+    """Keep one channel of this loop's layer subscribed for good.
+
+    channels-redis' receiver polls every 100 ms while its connection subscribes to nothing, so
+    a reader that joins after every other one has left waited up to 100 ms for its first
+    message (a lone client: 107 ms per prediction instead of 17).
+    """
+    loop = asyncio.get_running_loop()
+    held = _listening.get(loop)
+    if held is not None and held[0] is layer:
+        return
+    _listening[loop] = (layer, None)  # one subscriber at a time
+    try:
+        _listening[loop] = (layer, await layer.new_channel())
+    except BaseException:
+        _listening.pop(loop, None)
+        raise
 
 
 async def _leave(
