@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import httpx
+import aiohttp
 
 from .errors import FlowValidationError
 from .flow import Flow
@@ -16,28 +16,38 @@ from .types import Emit, EngineConfig, RunInput, RunResult
 logger = logging.getLogger(__name__)
 
 
+def new_http_session(config: EngineConfig, **kwargs: Any) -> aiohttp.ClientSession:
+    """Return an HTTP session for model servers with `config`'s timeouts.
+
+    HTTP(S)_PROXY, NO_PROXY and .netrc are honoured (`trust_env`), as they were by httpx.
+    """
+    timeout = aiohttp.ClientTimeout(
+        total=None,
+        connect=config.connect_timeout,
+        sock_connect=config.connect_timeout,
+        sock_read=config.read_timeout,
+    )
+    return aiohttp.ClientSession(timeout=timeout, trust_env=True, **kwargs)
+
+
 class _HttpClient:
     """Hands out the caller's client, or one created on first use and closed after the run."""
 
-    def __init__(self, client: httpx.AsyncClient | None, config: EngineConfig):
+    def __init__(self, client: aiohttp.ClientSession | None, config: EngineConfig):
         self._client = client
-        self._owned: httpx.AsyncClient | None = None
+        self._owned: aiohttp.ClientSession | None = None
         self._config = config
 
-    def __call__(self) -> httpx.AsyncClient:
+    def __call__(self) -> aiohttp.ClientSession:
         if self._client is not None:
             return self._client
         if self._owned is None:
-            self._owned = httpx.AsyncClient(
-                timeout=httpx.Timeout(
-                    self._config.read_timeout, connect=self._config.connect_timeout
-                )
-            )
+            self._owned = new_http_session(self._config)
         return self._owned
 
     async def aclose(self) -> None:
         if self._owned is not None:
-            await self._owned.aclose()
+            await self._owned.close()
 
 
 async def run_flow(
@@ -46,7 +56,7 @@ async def run_flow(
     *,
     emit: Emit | None,
     config: EngineConfig,
-    http: httpx.AsyncClient | None = None,
+    http: aiohttp.ClientSession | None = None,
 ) -> RunResult:
     """Run `flow` for one question and return the answer.
 

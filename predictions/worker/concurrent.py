@@ -73,7 +73,7 @@ from rq.utils import import_attribute, now
 from rq.worker import BaseWorker, DequeueStrategy, WorkerStatus, signal_name
 
 from . import bookkeeping
-from .config import close_django_connections, django_configured, setting
+from .config import close_django_connections, close_http_client, django_configured, setting
 from .health import HealthServer, check_django_database, readiness_client
 from .loopbridge import LoopBridge
 from .perform import perform
@@ -949,6 +949,7 @@ class ConcurrentWorker(BaseWorker):
     def _close_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
             loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(close_http_client())
         finally:
             for executor in (self._dequeuer, self._maintenance, self._bookkeeping):
                 executor.shutdown(wait=False, cancel_futures=True)

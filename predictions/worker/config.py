@@ -24,6 +24,14 @@ def setting(name: str, default: Any) -> Any:
     return getattr(settings, name, default)
 
 
+async def close_http_client() -> None:
+    """Close the loop's model HTTP session (predictions' jobs open it), before the loop closes."""
+    if django_configured():
+        from predictions.clients import aclose_http_client
+
+        await aclose_http_client()
+
+
 def close_django_connections() -> None:
     """Drop this thread's stale database connections, as Django does at the end of a request."""
     if django_configured():

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import httpx
+import aiohttp
 
 from ..errors import FlowValidationError, node_label
 from ..inputs import InputReader
@@ -67,7 +67,7 @@ class RunContext:
     chat_id: str
     session_id: str
     config: EngineConfig
-    http: Callable[[], httpx.AsyncClient]
+    http: Callable[[], aiohttp.ClientSession]
     text_of: Callable[[str], Awaitable[str]]
 
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import httpx
-
 from ..inputs import InputReader
-from ..openai_chat import OpenAIChatModel, OpenAISettings
+from ..openai_chat import OpenAIChatModel, OpenAISettings, Timeout
 from ..providers import ChatModel, OfflineChatModel
 from ..types import EngineConfig
 from .base import CHAT_MODEL, BuildContext, InputSpec, NodeSpec, NodeType
@@ -37,18 +35,8 @@ def openai_settings(reader: InputReader, config: EngineConfig) -> OpenAISettings
         base_url=base_url,
         api_key=(reader.text("openAIApiKey") or config.openai_api_key).strip(),
         model=(reader.text("modelName") or DEFAULT_OPENAI_MODEL).strip(),
-        timeout=httpx.Timeout(
-            connect=config.connect_timeout,
-            read=read_timeout,
-            write=read_timeout,
-            pool=config.connect_timeout,
-        ),
-        complete_timeout=httpx.Timeout(
-            connect=config.connect_timeout,
-            read=answer_timeout,
-            write=read_timeout,
-            pool=config.connect_timeout,
-        ),
+        timeout=Timeout(connect=config.connect_timeout, read=read_timeout),
+        complete_timeout=Timeout(connect=config.connect_timeout, read=answer_timeout),
         temperature=reader.number("temperature"),
         max_tokens=reader.integer("maxTokens", minimum=1),
         top_p=reader.number("topP"),

@@ -6,11 +6,13 @@ import asyncio
 import time
 from typing import Any
 
-import httpx
+import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from predictions.engine import EngineConfig, ProviderError, RunInput, parse_flow, run_flow
-from predictions.engine.openai_chat import OpenAIChatModel, OpenAISettings
+from predictions.engine.openai_chat import OpenAIChatModel, OpenAISettings, Timeout
 
 from .flows import Recorder, flow_json, llm_chain, openai, prompt
 from .openai_stub import OpenAIStub, Reply
@@ -128,11 +130,11 @@ async def test_chat_openai_uses_config_base_url_when_basepath_empty(
 async def test_chat_openai_uses_given_http_client_and_leaves_it_open(
     openai_stub: OpenAIStub,
 ) -> None:
-    async with httpx.AsyncClient() as client:
+    async with aiohttp.ClientSession() as client:
         await run(chat_flow(openai_stub.base_url), http=client)
         await run(chat_flow(openai_stub.base_url), http=client)
 
-        assert not client.is_closed
+        assert not client.closed
     assert len(openai_stub.requests) == 2
 
 
@@ -232,12 +234,12 @@ async def test_chat_openai_connect_timeout_is_provider_timeout() -> None:
         node_id="chatOpenAI_0",
         node_type="chatOpenAI",
         settings=OpenAISettings(
-            base_url="http://10.255.255.1/v1", api_key="", model="m", timeout=httpx.Timeout(1)
+            base_url="http://10.255.255.1/v1", api_key="", model="m", timeout=Timeout(1, 1)
         ),
-        client=httpx.AsyncClient,
+        client=aiohttp.ClientSession,
     )
 
-    error = model._transport_error(httpx.ConnectTimeout("timed out"))
+    error = model._transport_error(aiohttp.ConnectionTimeoutError("timed out"))
 
     assert (error.code, error.http_status) == ("provider_timeout", 504)
 
@@ -266,68 +268,93 @@ async def test_cancelling_run_closes_the_model_connection(openai_stub: OpenAIStu
     assert len(tokens) < 200
 
 
-class _StreamedBody(httpx.AsyncByteStream):
-    """A streamed completion that notes whether it was read to its end (connection reusable)."""
-
-    def __init__(self, chunks: list[bytes]) -> None:
-        self.chunks = chunks
-        self.read_to_end = False
-
-    async def __aiter__(self):
-        for chunk in self.chunks:
-            yield chunk
-        self.read_to_end = True
-
-
-def _model(client: httpx.AsyncClient) -> OpenAIChatModel:
-    settings = OpenAISettings(
-        base_url="http://model.test/v1", api_key="k", model="m", timeout=httpx.Timeout(5)
-    )
+def _model(client: aiohttp.ClientSession, base_url: str) -> OpenAIChatModel:
+    settings = OpenAISettings(base_url=base_url, api_key="k", model="m", timeout=Timeout(5, 5))
     return OpenAIChatModel(
         node_id="n", node_type="chatOpenAI", settings=settings, client=lambda: client
     )
 
 
+async def _stream_body(request: web.Request, *chunks: bytes) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    for chunk in chunks:
+        await response.write(chunk)
+    return response
+
+
 async def test_chat_openai_stream_reads_the_body_to_its_end_for_reuse() -> None:
-    body = _StreamedBody(
-        [
+    peers: list[Any] = []
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        peers.append(request.transport.get_extra_info("peername") if request.transport else None)
+        response = await _stream_body(
+            request,
             b'data: {"choices": [{"delta": {"content": "a"}}]}\n\n',
             b"data: [DONE]\n\n",
             b"\n",  # what a server may still send after [DONE]: read, not left on the socket
-        ]
-    )
-    transport = httpx.MockTransport(
-        lambda request: httpx.Response(
-            200, headers={"content-type": "text/event-stream"}, stream=body
         )
-    )
-    async with httpx.AsyncClient(transport=transport) as client:
-        chunks = [
-            chunk async for chunk in _model(client).stream([{"role": "user", "content": "x"}])
-        ]
+        await response.write_eof()
+        return response
 
-    assert chunks == ["a"]
-    assert body.read_to_end
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", completions)
+    async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as client:
+        model = _model(client, str(server.make_url("/v1")))
+        question = [{"role": "user", "content": "x"}]
+        first = [chunk async for chunk in model.stream(question)]
+        second = [chunk async for chunk in model.stream(question)]
+
+    assert first == second == ["a"]
+    assert len(peers) == 2
+    assert peers[0] == peers[1]  # the second request reused the first one's connection
 
 
 async def test_chat_openai_stream_hangs_up_on_a_body_that_never_ends(monkeypatch) -> None:
     monkeypatch.setattr("predictions.engine.openai_chat.DRAIN_SECONDS", 0.1)
+    release = asyncio.Event()
 
-    class Endless(httpx.AsyncByteStream):
-        async def __aiter__(self):
-            yield b'data: {"choices": [{"delta": {"content": "a"}}]}\n\ndata: [DONE]\n\n'
-            await asyncio.Event().wait()  # nothing more, never closed
-            yield b""
-
-    transport = httpx.MockTransport(
-        lambda request: httpx.Response(
-            200, headers={"content-type": "text/event-stream"}, stream=Endless()
+    async def completions(request: web.Request) -> web.StreamResponse:
+        response = await _stream_body(
+            request, b'data: {"choices": [{"delta": {"content": "a"}}]}\n\ndata: [DONE]\n\n'
         )
-    )
-    async with httpx.AsyncClient(transport=transport) as client:
-        async with asyncio.timeout(5):
-            chunks = [
-                chunk async for chunk in _model(client).stream([{"role": "user", "content": "x"}])
-            ]
+        await release.wait()  # nothing more, never closed (until the test ends)
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", completions)
+    async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as client:
+        model = _model(client, str(server.make_url("/v1")))
+        try:
+            async with asyncio.timeout(5):
+                chunks = [chunk async for chunk in model.stream([{"role": "user", "content": "x"}])]
+        finally:
+            release.set()
 
     assert chunks == ["a"]
+
+
+async def test_chat_openai_stream_joins_lines_split_across_reads() -> None:
+    async def completions(request: web.Request) -> web.StreamResponse:
+        # A line cut in the middle of a UTF-8 character, a CR at the end of one read and its
+        # LF at the start of the next, and a last line without an end.
+        event = 'data: {"choices": [{"delta": {"content": "h\u00e9"}}]}'.encode()
+        cut = event.index(b"\xc3") + 1
+        response = await _stream_body(
+            request,
+            event[:cut],
+            event[cut:] + b"\r",
+            b"\n\r\n",
+            b'data: {"choices": [{"delta": {"content": "!"}}]}\n\n',
+            b"data: [DONE]",
+        )
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", completions)
+    async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as client:
+        model = _model(client, str(server.make_url("/v1")))
+        chunks = [chunk async for chunk in model.stream([{"role": "user", "content": "x"}])]
+
+    assert chunks == ["hé", "!"]

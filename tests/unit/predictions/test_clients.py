@@ -1,17 +1,20 @@
-"""predictions.clients: model HTTP clients spread over a few pools per event loop."""
+"""predictions.clients: one model HTTP session per event loop."""
 
 from __future__ import annotations
 
 from predictions import clients
 
 
-async def test_http_clients_are_shared_in_turn_per_loop() -> None:
+async def test_http_session_is_shared_per_loop_and_closed_with_it() -> None:
     clients.reset_clients()
-    handed = [clients.get_http_client() for _ in range(2 * clients.HTTP_CLIENT_SHARDS)]
+    session = clients.get_http_client()
 
-    # Each of the loop's clients in turn, so no one connection pool grows with the load.
-    assert len({id(c) for c in handed}) == clients.HTTP_CLIENT_SHARDS
-    assert handed[: clients.HTTP_CLIENT_SHARDS] == handed[clients.HTTP_CLIENT_SHARDS :]
-    for client in handed[: clients.HTTP_CLIENT_SHARDS]:
-        await client.aclose()
+    assert clients.get_http_client() is session
+    assert session.connector is not None
+    assert session.connector.limit == 0
+
+    await clients.aclose_http_client()
+    assert session.closed
+    assert clients.get_http_client() is not session  # a new one after closing
+    await clients.aclose_http_client()
     clients.reset_clients()
