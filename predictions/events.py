@@ -45,6 +45,8 @@ _EXPIRY_EVENTS = frozenset({TERMINAL_EVENT, "retry", "start"})
 PUBLISH_RETRY_SECONDS = 30.0
 RETRY_FIRST_DELAY = 0.1
 RETRY_MAX_DELAY = 1.0
+# How long a reader waits for a live message before it looks in the stream for one it missed.
+CATCH_UP_SECONDS = 1.0
 # Errors that mean "Redis is not reachable right now" (socket errors, timeouts, refused).
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 # Joining or leaving a group while the layer reconnects can also meet channels-redis' own receive
@@ -435,22 +437,41 @@ class RedisTransport:
                     return
             if replayed == [] and after_seq and await self._try_ended_by(prediction_id, after_seq):
                 return  # the reader already has the end (a resume after the last frame)
+            loop = asyncio.get_running_loop()
+            beat_at = loop.time() + heartbeat
             while True:
                 # One receive stays pending across quiet periods: cancelling it would make the
                 # layer unsubscribe the channel, and whatever arrived meanwhile would be dropped.
                 if receiving is None:
                     receiving = asyncio.ensure_future(layer.receive(channel))
-                done, _ = await asyncio.wait({receiving}, timeout=_quiet(heartbeat, deadline))
+                wait = min(CATCH_UP_SECONDS, max(0.0, beat_at - loop.time()))
+                done, _ = await asyncio.wait({receiving}, timeout=_quiet(wait, deadline))
                 if not done:
-                    # A quiet period: catch up from the stream in case a live message was lost.
-                    for event in await self._try_replay(prediction_id, last) or ():
+                    # Quiet: catch up from the stream in case a live message was lost (the gap
+                    # check below only sees a loss once a later message comes, never the last).
+                    caught_up = await self._try_replay(prediction_id, last) or ()
+                    if caught_up:
+                        logger.info(
+                            "prediction %s: %d event(s) after %d read from the stream, not live",
+                            prediction_id,
+                            len(caught_up),
+                            last,
+                        )
+                    for event in caught_up:
                         last = event["seq"]
                         yield event
                         if event["event"] == TERMINAL_EVENT:
                             return
-                    yield None
+                    if caught_up:
+                        beat_at = loop.time() + heartbeat
+                    if loop.time() >= beat_at or (
+                        deadline is not None and time.monotonic() >= deadline
+                    ):
+                        beat_at = loop.time() + heartbeat
+                        yield None
                     continue
                 message, receiving = receiving.result(), None
+                beat_at = loop.time() + heartbeat
                 if message.get("type") != CHANNEL_EVENT_TYPE:
                     continue
                 for event in _live_events(message):

@@ -10,7 +10,13 @@ from channels.layers import get_channel_layer
 
 from predictions import clients, events
 from predictions.events import RedisTransport
-from predictions.streaming import CHANNEL_EVENT_TYPE, Event, group_name, stream_key
+from predictions.streaming import (
+    CHANNEL_EVENT_TYPE,
+    Event,
+    encode_event,
+    group_name,
+    stream_key,
+)
 from tests.unit.helpers import wait_until
 
 pytestmark = pytest.mark.integration
@@ -166,3 +172,21 @@ async def test_a_reader_closed_with_a_message_queued_leaves_no_channel(queue_mod
         return await _subscribers(names) == 0
 
     await wait_until(unsubscribed)
+
+
+async def test_a_reader_catches_up_on_a_lost_last_message_long_before_its_heartbeat(queue_mode):
+    transport = RedisTransport(max_len=100, ttl=60)
+    await transport.publish(PREDICTION_ID, Event(seq=1, event="start", data=""))
+    reader = transport.read(PREDICTION_ID, after_seq=0, heartbeat=60.0)
+    assert (await anext(reader))["seq"] == 1  # replayed; it then waits for live messages
+    waiting = asyncio.ensure_future(anext(reader))
+    await _joined_channels()
+
+    # The end reaches the stream but its live message is lost (never published).
+    end = Event(seq=2, event="end", data="[DONE]")
+    await clients.get_async_redis().xadd(stream_key(PREDICTION_ID), encode_event(end), id="0-2")
+
+    # Within a few catch-up periods (CATCH_UP_SECONDS), not after the 60 s heartbeat.
+    got = await asyncio.wait_for(waiting, 10)
+    assert got is not None
+    assert (got["seq"], got["event"]) == (2, "end")
