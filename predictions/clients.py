@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import functools
 import os
 import ssl
@@ -100,6 +102,16 @@ def get_http_client() -> aiohttp.ClientSession:
         session = new_http_session(config, connector=connector)
         _http_clients[loop] = session
     return session
+
+
+@atexit.register
+def _close_http_clients_at_exit() -> None:
+    """Close the sessions of loops that stopped without closing them (daphne's): aiohttp logs
+    an error for every session it finds open when the process ends."""
+    for loop, session in list(_http_clients.items()):
+        if not session.closed and not loop.is_closed() and not loop.is_running():
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(session.close())
 
 
 async def aclose_http_client() -> None:
