@@ -48,6 +48,7 @@ class RowResult:
     p50_ms: float | None
     p95_ms: float | None
     p99_ms: float | None
+    max_ms: float | None = None  # the slowest one: a stall hides behind p99
     ttft_p50_ms: float | None = None
     ttft_p95_ms: float | None = None
     cpu_web_ms_per_pred: float | None = None
@@ -165,7 +166,7 @@ def _flowise(row: RowResult) -> str:
 def markdown_table(rows: Sequence[RowResult]) -> str:
     """Return speed per row as a markdown table, Flowise's figures beside the queue rows."""
     lines = [
-        "| mode | row | C | ok / errors | pred/s | latency p50 / p95 / p99 ms "
+        "| mode | row | C | ok / errors | pred/s | latency p50 / p95 / p99 / max ms "
         "| TTFT p50 / p95 ms | Flowise 3.1.4, queue mode |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
@@ -174,6 +175,7 @@ def markdown_table(rows: Sequence[RowResult]) -> str:
         lines.append(
             f"| {r.mode} | {r.label} | {r.concurrency} | {r.ok} / {r.errors} "
             f"| **{_n(r.throughput, 1)}** | {_n(r.p50_ms)} / {_n(r.p95_ms)} / {_n(r.p99_ms)} "
+            f"/ {_n(r.max_ms)} "
             f"| {ttft} | {_flowise(r)} |"
         )
     return "\n".join(lines)

@@ -414,6 +414,7 @@ async def measure_row(
         p50_ms=_ms(percentile(latencies, 50)),
         p95_ms=_ms(percentile(latencies, 95)),
         p99_ms=_ms(percentile(latencies, 99)),
+        max_ms=_ms(max(latencies)) if latencies else None,
         ttft_p50_ms=_ms(percentile(ttfts, 50)) if spec.streaming else None,
         ttft_p95_ms=_ms(percentile(ttfts, 95)) if spec.streaming else None,
         cpu_web_ms_per_pred=web_ms,
@@ -440,8 +441,8 @@ def _row_line(r: report.RowResult) -> str:
     ttft = "" if r.ttft_p50_ms is None else f"  TTFT {f(r.ttft_p50_ms)}/{f(r.ttft_p95_ms)}"
     return (
         f"  {r.mode:5} {r.label:19} C={r.concurrency:<4} {r.ok:4}/{r.requests} ok "
-        f"{r.errors:3} err  {r.throughput:6.1f}/s  p50/p95/p99 {f(r.p50_ms)}/{f(r.p95_ms)}/"
-        f"{f(r.p99_ms)} ms{ttft}  CPU {r.cpu_server_ms_per_pred:.1f} ms/pred"
+        f"{r.errors:3} err  {r.throughput:6.1f}/s  p50/p95/p99/max {f(r.p50_ms)}/{f(r.p95_ms)}/"
+        f"{f(r.p99_ms)}/{f(r.max_ms)} ms{ttft}  CPU {r.cpu_server_ms_per_pred:.1f} ms/pred"
         f"  busy {r.machine_busy_pct or 0:.0f}%"
     )
 
