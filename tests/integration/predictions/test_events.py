@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from typing import Any
 
 import pytest
 from channels.layers import get_channel_layer
@@ -122,12 +123,17 @@ async def _subscribers(names: list[str]) -> int:
     return sum(count for _, count in await clients.get_async_redis().pubsub_numsub(*names))
 
 
-async def test_a_reader_that_took_the_end_leaves_no_channel_or_subscription(queue_mode):
+async def _started_reader() -> tuple[RedisTransport, Any, asyncio.Future[Any], list[str]]:
+    """A reader after `start`, waiting for its next event, once it has joined."""
     transport = RedisTransport(max_len=100, ttl=60)
     await transport.publish(PREDICTION_ID, Event(seq=1, event="start", data=""))
     reader = transport.read(PREDICTION_ID, after_seq=1, heartbeat=5.0)
     first = asyncio.ensure_future(anext(reader))
-    names = await _joined_channels()
+    return transport, reader, first, await _joined_channels()
+
+
+async def test_a_reader_that_took_the_end_leaves_no_channel_or_subscription(queue_mode):
+    transport, reader, first, names = await _started_reader()
 
     await transport.publish(PREDICTION_ID, Event(seq=2, event="end", data="[DONE]"))
     assert (await asyncio.wait_for(first, 5))["event"] == "end"
@@ -147,11 +153,7 @@ async def test_a_reader_that_took_the_end_leaves_no_channel_or_subscription(queu
 
 
 async def test_a_reader_closed_with_a_message_queued_leaves_no_channel(queue_mode):
-    transport = RedisTransport(max_len=100, ttl=60)
-    await transport.publish(PREDICTION_ID, Event(seq=1, event="start", data=""))
-    reader = transport.read(PREDICTION_ID, after_seq=1, heartbeat=5.0)
-    first = asyncio.ensure_future(anext(reader))
-    names = await _joined_channels()
+    transport, reader, first, names = await _started_reader()
     layer = get_channel_layer()._get_layer()
     [queue] = [q for name, q in layer.channels.items() if name != _kept_channel()]
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -275,6 +277,15 @@ def _model(client: aiohttp.ClientSession, base_url: str) -> OpenAIChatModel:
     )
 
 
+@contextlib.asynccontextmanager
+async def _served(completions: Any) -> AsyncIterator[OpenAIChatModel]:
+    """A model whose server answers chat completions with `completions` (a real HTTP server)."""
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", completions)
+    async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as client:
+        yield _model(client, str(server.make_url("/v1")))
+
+
 async def _stream_body(request: web.Request, *chunks: bytes) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
@@ -297,10 +308,7 @@ async def test_chat_openai_stream_reads_the_body_to_its_end_for_reuse() -> None:
         await response.write_eof()
         return response
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", completions)
-    async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as client:
-        model = _model(client, str(server.make_url("/v1")))
+    async with _served(completions) as model:
         question = [{"role": "user", "content": "x"}]
         first = [chunk async for chunk in model.stream(question)]
         second = [chunk async for chunk in model.stream(question)]
@@ -321,10 +329,7 @@ async def test_chat_openai_stream_hangs_up_on_a_body_that_never_ends(monkeypatch
         await release.wait()  # nothing more, never closed (until the test ends)
         return response
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", completions)
-    async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as client:
-        model = _model(client, str(server.make_url("/v1")))
+    async with _served(completions) as model:
         try:
             async with asyncio.timeout(5):
                 chunks = [chunk async for chunk in model.stream([{"role": "user", "content": "x"}])]
@@ -351,10 +356,7 @@ async def test_chat_openai_stream_joins_lines_split_across_reads() -> None:
         await response.write_eof()
         return response
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", completions)
-    async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as client:
-        model = _model(client, str(server.make_url("/v1")))
+    async with _served(completions) as model:
         chunks = [chunk async for chunk in model.stream([{"role": "user", "content": "x"}])]
 
     assert chunks == ["hé", "!"]
