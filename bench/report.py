@@ -163,6 +163,10 @@ def _flowise(row: RowResult) -> str:
     return text
 
 
+def _workers(count: int) -> str:
+    return "one `rqworker`" if count == 1 else f"{count} `rqworker` processes"
+
+
 def markdown_table(rows: Sequence[RowResult]) -> str:
     """Return speed per row as a markdown table, Flowise's figures beside the queue rows."""
     lines = [
@@ -229,7 +233,7 @@ def markdown_report(results: dict[str, Any], rows: Sequence[RowResult]) -> str:
         f"Mock model: {meta['tokens']} tokens, {meta['delay_ms']:g} ms before each "
         f'(rows "model without delay": 0 ms); {meta["requests"]} predictions per row after '
         f"a warm-up; chatOpenAI + bufferMemory + conversationChain on PostgreSQL; one daphne "
-        f"web process, and in queue mode one `rqworker` (WORKER_CONCURRENCY="
+        f"web process, and in queue mode {_workers(meta.get('workers', 1))} (WORKER_CONCURRENCY="
         f"{meta['worker_concurrency']}); PostgreSQL max_connections="
         f"{meta.get('postgres_max_connections')}.",
         "",

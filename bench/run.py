@@ -73,7 +73,7 @@ class ModeContext:
     mode: str
     port: int
     web: Service
-    worker: Service | None
+    workers: list[Service]
     mocks: dict[str, Service]  # "delay", "nodelay"
     mock_urls: dict[str, str]  # same keys → base URL (…/v1)
     chatflows: dict[str, str]  # same keys → chatflow id
@@ -119,6 +119,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--tokens", type=int, default=20, help="tokens per mock answer")
     parser.add_argument("--delay-ms", type=float, default=10.0, help="mock delay before each token")
     parser.add_argument("--worker-concurrency", type=int, default=1000)
+    parser.add_argument(
+        "--workers", type=int, default=1, help="rqworker processes in queue mode (1)"
+    )
     parser.add_argument(
         "--seed-messages",
         type=int,
@@ -327,8 +330,8 @@ def flush_redis(url: str) -> None:
 # --- one row -----------------------------------------------------------------------------------
 
 
-def _cpu(service: Service | None) -> float:
-    return procs.tree_cpu_seconds(service.process) if service is not None else 0.0
+def _cpu(*services: Service) -> float:
+    return sum(procs.tree_cpu_seconds(service.process) for service in services)
 
 
 def _own_cpu() -> float:
@@ -350,8 +353,7 @@ async def measure_row(
     mock = ctx.mocks[model]
     warmup = args.warmup if args.warmup is not None else max(10, spec.concurrency)
     watched = {"web": ctx.web.process}
-    if ctx.worker is not None:
-        watched["worker"] = ctx.worker.process
+    watched.update({f"worker {n}": worker.process for n, worker in enumerate(ctx.workers)})
     clients = new_clients(spec.concurrency)
     try:
         warm = await run_load(
@@ -360,7 +362,7 @@ async def measure_row(
         idle = {name: procs.tree_rss_bytes(p) for name, p in watched.items()}
         db_before = database_activity(args.postgres)
         mock_before = await mock_stats(ctx.mock_urls[model])
-        cpu_before = (_cpu(ctx.web), _cpu(ctx.worker), _cpu(mock), _own_cpu())
+        cpu_before = (_cpu(ctx.web), _cpu(*ctx.workers), _cpu(mock), _own_cpu())
         busy_before, total_before = procs.machine_busy_seconds()
         sampler = RssSampler(watched)
         sampler.start()
@@ -371,7 +373,7 @@ async def measure_row(
         )
         peaks = await sampler.stop()
         db_peak = await db_sampler.stop()
-        cpu_after = (_cpu(ctx.web), _cpu(ctx.worker), _cpu(mock), _own_cpu())
+        cpu_after = (_cpu(ctx.web), _cpu(*ctx.workers), _cpu(mock), _own_cpu())
         busy_after, total_after = procs.machine_busy_seconds()
         after = {name: procs.tree_rss_bytes(p) for name, p in watched.items()}
         db_after = database_activity(args.postgres)
@@ -390,13 +392,15 @@ async def measure_row(
     ours = sum(a - b for a, b in zip(cpu_after, cpu_before, strict=True))
     other_cores = (busy_after - busy_before - ours) / load.wall if load.wall > 0 else None
 
-    def rss(name: str) -> dict[str, float]:
-        if name not in watched:
+    def rss(kind: str) -> dict[str, float]:
+        """The RSS of the process of `kind`; of several workers, the largest (per process)."""
+        names = [name for name in watched if name.split()[0] == kind]
+        if not names:
             return {}
         return {
-            "idle": idle[name] / MB,
-            "peak": max(peaks[name], idle[name], after[name]) / MB,
-            "after": after[name] / MB,
+            "idle": max(idle[name] for name in names) / MB,
+            "peak": max(max(peaks[name], idle[name], after[name]) for name in names) / MB,
+            "after": max(after[name] for name in names) / MB,
         }
 
     return report.RowResult(
@@ -418,8 +422,8 @@ async def measure_row(
         ttft_p50_ms=_ms(percentile(ttfts, 50)) if spec.streaming else None,
         ttft_p95_ms=_ms(percentile(ttfts, 95)) if spec.streaming else None,
         cpu_web_ms_per_pred=web_ms,
-        cpu_worker_ms_per_pred=worker_ms if ctx.worker is not None else None,
-        cpu_server_ms_per_pred=web_ms + (worker_ms if ctx.worker is not None else 0.0),
+        cpu_worker_ms_per_pred=worker_ms if ctx.workers else None,
+        cpu_server_ms_per_pred=web_ms + worker_ms,
         cpu_client_ms_per_pred=client_ms,
         cpu_mock_ms_per_pred=mock_ms,
         machine_busy_pct=100 * (busy_after - busy_before) / total if total > 0 else None,
@@ -459,10 +463,11 @@ async def run_mode(
     flush_redis(args.redis)
     recreate_database(args.postgres)
     home = Path(tempfile.mkdtemp(prefix=f"flowsite-bench-{mode}-"))
-    port, worker_port = free_port(), free_port()
-    env = server_env(args, mode, port, worker_port if mode == "queue" else 0, home)
+    port = free_port()
+    worker_ports = [free_port() for _ in range(args.workers if mode == "queue" else 0)]
+    env = server_env(args, mode, port, 0, home)
     web: Service | None = None
-    worker: Service | None = None
+    workers: list[Service] = []
     rows: list[report.RowResult] = []
     try:
         setup_log = out / f"{mode}-setup.log"
@@ -491,24 +496,27 @@ async def run_mode(
             env,
             out / f"{mode}-web.log",
         )
-        if mode == "queue":
-            worker = spawn(
-                f"{mode} worker",
-                [PYTHON, "manage.py", "rqworker"],
-                env,
-                out / f"{mode}-worker.log",
+        for n, worker_port in enumerate(worker_ports):
+            suffix = f"-{n}" if n else ""  # the first keeps the log name of a single worker
+            workers.append(
+                spawn(
+                    f"{mode} worker{suffix}",
+                    [PYTHON, "manage.py", "rqworker"],
+                    {**env, "WORKER_PORT": str(worker_port)},
+                    out / f"{mode}-worker{suffix}.log",
+                )
             )
         waited = await wait_ready(web, f"http://127.0.0.1:{port}/healthz")
         await wait_ready(web, f"http://127.0.0.1:{port}/readyz")
         text = f"  web (daphne, pid {web.pid}) ready on :{port} after {waited:.1f} s"
-        if worker is not None:
+        for worker, worker_port in zip(workers, worker_ports, strict=True):
             waited = await wait_ready(worker, f"http://127.0.0.1:{worker_port}/readyz")
             text += f"; worker (pid {worker.pid}) ready on :{worker_port} after {waited:.1f} s"
         print(text)
 
-        ctx = ModeContext(mode, port, web, worker, mocks, mock_urls, chatflows)
+        ctx = ModeContext(mode, port, web, workers, mocks, mock_urls, chatflows)
         for spec in plan(args):
-            for service in (web, worker):
+            for service in (web, *workers):
                 if service is not None and not service.alive():
                     raise RuntimeError(
                         f"{service.name} exited with code {service.popen.returncode}:\n"
@@ -518,7 +526,7 @@ async def run_mode(
             rows.append(row)
             print(_row_line(row), flush=True)
     finally:
-        for service in (worker, web):
+        for service in (*workers, web):
             if service is not None:
                 code = service.stop()
                 if code not in (0, -signal.SIGTERM, None):
@@ -607,6 +615,7 @@ def write_outputs(
             "tokens": args.tokens,
             "delay_ms": args.delay_ms,
             "worker_concurrency": args.worker_concurrency,
+            "workers": args.workers,
             "postgres_max_connections": _max_connections(args.postgres),
             "duration_s": round(time.perf_counter() - started, 1),
         },
