@@ -192,3 +192,48 @@ async def test_a_reader_catches_up_on_a_lost_last_message_long_before_its_heartb
     got = await asyncio.wait_for(waiting, 10)
     assert got is not None
     assert (got["seq"], got["event"]) == (2, "end")
+
+
+async def test_a_reader_replays_only_once_redis_has_its_subscription(queue_mode, monkeypatch):
+    monkeypatch.setattr(events, "CATCH_UP_SECONDS", 60.0)  # only the join may find the event
+    transport = RedisTransport(max_len=100, ttl=60)
+    await transport.publish(PREDICTION_ID, Event(seq=1, event="start", data=""))
+    layer = get_channel_layer()
+    real_group_add, redis = layer.group_add, clients.get_async_redis()
+    real_numsub, real_replay = redis.pubsub_numsub, transport._try_replay
+    asked, moved_on, subscribe = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    late: list[asyncio.Future[Any]] = []
+
+    async def late_group_add(group: str, channel: str) -> None:
+        # The SUBSCRIBE reaches Redis after the reader's next command (Redis may run the
+        # reader's replay, on another connection, first).
+        async def subscribe_later() -> None:
+            await subscribe.wait()
+            await real_group_add(group, channel)
+
+        late.append(asyncio.ensure_future(subscribe_later()))
+        asked.set()
+
+    async def numsub(*args: Any) -> Any:
+        moved_on.set()
+        return await real_numsub(*args)
+
+    async def replay(*args: Any) -> Any:
+        moved_on.set()
+        return await real_replay(*args)
+
+    monkeypatch.setattr(layer, "group_add", late_group_add)
+    monkeypatch.setattr(redis, "pubsub_numsub", numsub)
+    monkeypatch.setattr(transport, "_try_replay", replay)
+    reader = transport.read(PREDICTION_ID, after_seq=1, heartbeat=60.0)
+    got = asyncio.ensure_future(anext(reader))
+    await asyncio.wait_for(asked.wait(), 5)
+    await asyncio.wait_for(moved_on.wait(), 5)  # replayed already, or checking the subscription
+
+    await transport.publish(PREDICTION_ID, Event(seq=2, event="end", data="[DONE]"))  # no one hears
+    subscribe.set()
+
+    event = await asyncio.wait_for(got, 5)
+    assert event is not None
+    assert (event["seq"], event["event"]) == (2, "end")
+    await asyncio.gather(*late)
