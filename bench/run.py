@@ -89,6 +89,13 @@ def _ints(text: str) -> list[int]:
     return values
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def _modes(text: str) -> list[str]:
     modes = [part.strip() for part in text.split(",") if part.strip()]
     if not modes or any(m not in ("main", "queue") for m in modes):
@@ -120,7 +127,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--delay-ms", type=float, default=10.0, help="mock delay before each token")
     parser.add_argument("--worker-concurrency", type=int, default=1000)
     parser.add_argument(
-        "--workers", type=int, default=1, help="rqworker processes in queue mode (1)"
+        "--workers", type=_positive, default=1, help="rqworker processes in queue mode (1)"
     )
     parser.add_argument(
         "--seed-messages",
