@@ -203,20 +203,15 @@ async def test_a_read_that_a_save_overtook_is_not_remembered(settings, clock: _C
     chatflow = await acreate_chatflow()
     release = asyncio.Event()
     real_get = selectors.achatflow_get
+    reads = []
 
-    async def slow_get(pk):
+    async def slow_get(pk):  # reads the row at once, returns it only when released
+        reads.append(pk)
         found = await real_get(pk)
         await release.wait()
         return found
 
     monkeypatch.setattr(selectors, "achatflow_get", slow_get)
-    reads = []
-
-    async def counted_get(pk):
-        reads.append(pk)
-        return await slow_get(pk)
-
-    monkeypatch.setattr(selectors, "achatflow_get", counted_get)
     reading = asyncio.create_task(selectors.achatflow_get_recent(chatflow.id))
 
     async def read_begun() -> bool:
