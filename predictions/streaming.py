@@ -17,9 +17,9 @@ class Event(TypedDict):
     seq: int
     event: str
     data: Any
-    # On the `end` of a success, as delivered live: the stored result, so that the web process
-    # waiting for a non-streaming answer need not read it back. Never sent to clients, never
-    # kept in the stream (a reader that replays reads the database instead).
+    # On the `end` of a success, live and in the stream: the stored result, so that the web
+    # process waiting for a non-streaming answer need not read it back (also when it joined too
+    # late for the live message and replays). Never sent to clients.
     result: NotRequired[dict[str, Any]]
     # On an event delivered live with others in one message, all but the last: more follow at
     # once (a relay may write them out together). Never sent to clients.
@@ -58,8 +58,11 @@ SSE_HEARTBEAT = b":heartbeat\n\n"
 
 
 def encode_event(event: Event) -> dict[str, str]:
-    """Return the fields of a Redis Stream entry for an event."""
-    return {"e": event["event"], "d": _dumps(event["data"])}
+    """Return the fields of a Redis Stream entry for an event (`r`: a success's result)."""
+    fields = {"e": event["event"], "d": _dumps(event["data"])}
+    if "result" in event:
+        fields["r"] = _dumps(event["result"])
+    return fields
 
 
 def decode_event(entry_id: bytes | str, fields: dict[Any, Any]) -> Event:
@@ -71,4 +74,8 @@ def decode_event(entry_id: bytes | str, fields: dict[Any, Any]) -> Event:
         name = name.decode()
     if isinstance(data, bytes):
         data = data.decode()
-    return Event(seq=int(raw_id.split("-", 1)[1]), event=str(name), data=json.loads(data))
+    event = Event(seq=int(raw_id.split("-", 1)[1]), event=str(name), data=json.loads(data))
+    result = fields.get(b"r", fields.get("r"))
+    if result is not None:
+        event["result"] = json.loads(result)
+    return event

@@ -76,7 +76,7 @@ async def test_a_batch_is_one_live_message_and_every_event_in_the_stream(queue_m
     layer = get_channel_layer()
     group_channel = layer._get_group_channel_name(group_name(PREDICTION_ID))
 
-    async def joined() -> bool:  # else it would replay the stream, which has no `result`
+    async def joined() -> bool:  # else it would replay the batch from the stream
         [(_, subscribers)] = await clients.get_async_redis().pubsub_numsub(group_channel)
         return subscribers > 0
 
@@ -92,10 +92,22 @@ async def test_a_batch_is_one_live_message_and_every_event_in_the_stream(queue_m
     assert [e["seq"] for e in received] == [2, 3, 4, 5, 6]
     assert [e["data"] for e in received[:3]] == ["t2", "t3", "t4"]
     assert [e.get("more", False) for e in received] == [True, True, False, True, False]
-    assert received[-1]["result"] == {"text": "t2t3t4"}  # live only
+    assert received[-1]["result"] == {"text": "t2t3t4"}
     entries = await clients.get_async_redis().xrange(stream_key(PREDICTION_ID))
     assert len(entries) == 6
-    assert all(b"result" not in fields and "result" not in fields for _, fields in entries)
+
+
+async def test_a_reader_that_joins_after_the_end_replays_the_result(queue_mode):
+    transport = RedisTransport(max_len=100, ttl=60)
+    end = Event(seq=3, event="end", data="[DONE]", result={"text": "hi", "chatId": "c"})
+    await transport.publish(PREDICTION_ID, Event(seq=1, event="start", data=""))
+    await transport.publish_many(PREDICTION_ID, [Event(seq=2, event="metadata", data={}), end])
+
+    replayed = [e async for e in transport.read(PREDICTION_ID, after_seq=0, heartbeat=5.0) if e]
+
+    assert [e["event"] for e in replayed] == ["start", "metadata", "end"]
+    assert replayed[-1]["result"] == {"text": "hi", "chatId": "c"}  # no database read needed
+    assert "result" not in replayed[1]
 
 
 def _kept_channel() -> str:

@@ -167,6 +167,14 @@ def test_events_round_trip_through_the_redis_stream_encoding(event):
     assert decode_event(f"0-{event['seq']}".encode(), raw) == event
 
 
+@SETTINGS
+@given(events, st.dictionaries(st.text(), json_values, max_size=4))
+def test_a_successs_result_round_trips_through_the_redis_stream_encoding(event, result):
+    event["result"] = result
+    raw = {k.encode(): v.encode() for k, v in encode_event(event).items()}
+    assert decode_event(f"0-{event['seq']}".encode(), raw) == event
+
+
 @pytest.mark.parametrize("char", ["\u2028", "\u2029", "\x85"])
 def test_sse_data_lines_survive_python_line_splitting(char):
     import httpx
