@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import time
@@ -10,7 +11,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.db import IntegrityError, connections
@@ -334,9 +335,15 @@ _acreate_released = sync_to_async(_create_released)
 
 
 async def _acancel_abandoned(prediction_id: str) -> None:
-    prediction = await selectors.aprediction_get(prediction_id)
-    if prediction is not None and prediction.can_cancel():
-        await services.aprediction_cancel(prediction=prediction)
+    # Runs after its request ended (see _sse): a thread of its own for its ORM calls, and its
+    # database connection handed back at the end.
+    async with ThreadSensitiveContext():
+        try:
+            prediction = await selectors.aprediction_get(prediction_id)
+            if prediction is not None and prediction.can_cancel():
+                await services.aprediction_cancel(prediction=prediction)
+        finally:
+            await asyncio.shield(sync_to_async(connections.close_all)())
 
 
 async def _sse(prediction_id: str, after_seq: int, owner: bool = False) -> AsyncIterator[bytes]:
@@ -365,7 +372,10 @@ async def _sse(prediction_id: str, after_seq: int, owner: bool = False) -> Async
         logger.warning("prediction %s: client left the stream at seq %s", prediction_id, last)
         if owner and settings.PREDICTION_STOP_ON_DISCONNECT:
             # The client that asked is gone: stop the run (PREDICTION_STOP_ON_DISCONNECT).
-            asyncio.get_running_loop().create_task(_acancel_abandoned(prediction_id))
+            # A context of its own: the request's ends before this task does.
+            asyncio.get_running_loop().create_task(
+                _acancel_abandoned(prediction_id), context=contextvars.Context()
+            )
         raise
 
 

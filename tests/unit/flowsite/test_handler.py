@@ -1,0 +1,102 @@
+"""flowsite.handler: a request's thread-sensitive work on one thread, reused by later requests."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from asgiref.testing import ApplicationCommunicator
+from django.core import signals
+
+from flowsite.handler import PooledThreadsASGIHandler, RequestThreads
+
+
+def _scope(path: str) -> dict:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver")],
+        "client": ("127.0.0.1", 40000),
+        "server": ("testserver", 80),
+    }
+
+
+async def _get(handler: PooledThreadsASGIHandler, path: str = "/healthz") -> int:
+    communicator = ApplicationCommunicator(handler, _scope(path))
+    await communicator.send_input({"type": "http.request", "body": b""})
+    start = await communicator.receive_output(10)
+    while True:
+        message = await communicator.receive_output(10)
+        if not message.get("more_body"):
+            break
+    await communicator.wait(10)
+    return start["status"]
+
+
+@pytest.fixture
+def finished_on():
+    """The threads Django's request_finished receivers ran on (a request's sync work)."""
+    threads: list[int] = []
+
+    def record(**kwargs) -> None:
+        threads.append(threading.get_ident())
+
+    signals.request_finished.connect(record, weak=False)
+    yield threads
+    signals.request_finished.disconnect(record)
+
+
+async def test_requests_one_after_another_reuse_one_thread(finished_on):
+    handler = PooledThreadsASGIHandler(RequestThreads(idle_kept=4))
+
+    statuses = [await _get(handler) for _ in range(3)]
+
+    assert statuses == [200, 200, 200]
+    assert len(finished_on) == 3
+    assert len(set(finished_on)) == 1
+    assert finished_on[0] != threading.get_ident()  # never the event loop's thread
+    assert handler.threads.idle == 1
+
+
+async def test_requests_at_once_each_have_a_thread_of_their_own(finished_on):
+    handler = PooledThreadsASGIHandler(RequestThreads(idle_kept=4))
+    all_in = threading.Barrier(3, timeout=10)
+
+    def hold(**kwargs) -> None:  # on the request's thread: waits until all three are in
+        all_in.wait()
+
+    signals.request_started.connect(hold, weak=False)
+    try:
+        statuses = await asyncio.gather(*(_get(handler) for _ in range(3)))
+    finally:
+        signals.request_started.disconnect(hold)
+
+    assert statuses == [200, 200, 200]
+    assert len(set(finished_on)) == 3
+    assert handler.threads.idle == 3
+
+
+async def test_threads_past_the_idle_limit_end(finished_on):
+    threads = RequestThreads(idle_kept=1)
+    executors = [threads.acquire() for _ in range(3)]
+    idents = [executor.submit(threading.get_ident).result(5) for executor in executors]
+
+    for executor in executors:
+        threads.release(executor)
+
+    assert threads.idle == 1
+    assert threads.acquire() is executors[0]
+    alive = {thread.ident for thread in threading.enumerate()}
+    for executor in executors[1:]:
+        for thread in executor._threads:
+            thread.join(5)
+    assert not ({thread.ident for thread in threading.enumerate()} & set(idents[1:]))
+    assert idents[0] in alive
