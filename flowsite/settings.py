@@ -172,6 +172,11 @@ if not all(c.isalnum() or c in "-_." for c in QUEUE_NAME):
 # 100: a prediction mostly waits on the model, so one process holds many; see README "Queue mode".
 WORKER_CONCURRENCY = env.int("WORKER_CONCURRENCY", 100, min_value=1, max_value=10000)
 WORKER_PORT = env.int("WORKER_PORT", 5566, min_value=0, max_value=65535)
+# Threads a worker runs its predictions' database calls on, each holding a pooled connection:
+# at most DATABASE_POOL_SIZE - 2 are used (one on SQLite); see predictions/dbthreads.py.
+WORKER_DATABASE_THREADS = env.int(
+    "WORKER_DATABASE_THREADS", 8, min_value=1, max_value=64, example="8"
+)
 QUEUE_REDIS_EVENT_STREAM_MAX_LEN = env.int(
     "QUEUE_REDIS_EVENT_STREAM_MAX_LEN", 10000, min_value=10, example="10000"
 )

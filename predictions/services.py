@@ -18,6 +18,7 @@ from django.utils import timezone
 from redis.exceptions import RedisError
 
 from predictions import clients, local, metrics, ratelimit, runstore, secrets
+from predictions.dbthreads import database_call
 from predictions.engine import (
     ChatTurn,
     EngineConfig,
@@ -393,21 +394,31 @@ def _drop_broken_connections() -> None:
             connection.close()
 
 
+def _dropping_broken_connections(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """Call `fn`; when the database failed it, close the broken connection on this thread."""
+    try:
+        return fn(*args, **kwargs)
+    except (OperationalError, InterfaceError):
+        _drop_broken_connections()
+        raise
+
+
 async def aretry_database(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-    """Run a sync ORM function in the ORM thread, retrying while the database is unreachable.
+    """Run a sync ORM function on a database thread, retrying while the database is unreachable.
 
     For a prediction already accepted (the worker's claim and outcome, a waiting client's
     answer): a database restart delays it instead of losing it. Gives up (re-raises) after
-    DATABASE_RETRY_SECONDS. Each call is one transaction at most, so a retry never writes half.
+    DATABASE_RETRY_SECONDS. Each call is one transaction at most, so a retry never writes half
+    (and the worker's calls may each run on another of its threads, see `dbthreads`).
     """
     loop = asyncio.get_running_loop()
     give_up_at = loop.time() + DATABASE_RETRY_SECONDS
     delay = 0.1
+    call = database_call(_dropping_broken_connections)
     while True:
         try:
-            return await sync_to_async(fn)(*args, **kwargs)
+            return await call(fn, *args, **kwargs)
         except (OperationalError, InterfaceError) as exc:
-            await sync_to_async(_drop_broken_connections)()
             if loop.time() + delay > give_up_at:
                 raise
             logger.warning("database unavailable, retrying %s: %s", fn.__name__, exc)

@@ -1,9 +1,11 @@
 """django-rq's rqworker, defaulting to QUEUE_NAME so the bare command serves Flowsite's queue."""
 
 from django.conf import settings
+from django.db import connection
 from django_rq.management.commands.rqworker import Command as DjangoRqWorkerCommand
 
 from flowsite.runtime import tune_gc
+from predictions import dbthreads
 
 # django-rq sets rq's log level from --verbosity (INFO unless -v0), not from LOG_LEVEL: the bare
 # command (verbosity 1) follows LOG_LEVEL instead, so LOG_LEVEL=warning drops rq's lines per job.
@@ -21,4 +23,19 @@ class Command(DjangoRqWorkerCommand):
         tune_gc()
         if options.get("verbosity", 1) == 1:
             options["verbosity"] = _VERBOSITY_OF_LEVEL.get(settings.LOG_LEVEL, 1)
-        return super().handle(*(args or (settings.QUEUE_NAME,)), **options)
+        dbthreads.start(database_threads())
+        try:
+            return super().handle(*(args or (settings.QUEUE_NAME,)), **options)
+        finally:
+            dbthreads.stop()
+
+
+def database_threads() -> int:
+    """WORKER_DATABASE_THREADS, leaving two pooled connections for the rest (one on SQLite)."""
+    if connection.vendor == "sqlite":
+        return 1
+    threads = settings.WORKER_DATABASE_THREADS
+    pool = settings.DATABASES["default"].get("OPTIONS", {}).get("pool")
+    if isinstance(pool, dict) and pool.get("max_size"):
+        threads = min(threads, max(1, pool["max_size"] - 2))
+    return threads
