@@ -270,10 +270,9 @@ _flows: dict[uuid.UUID, tuple[Any, Flow]] = {}
 _FLOWS_MAX = 512
 
 
-def _flow_of(chatflow_id: uuid.UUID) -> Flow:
-    """Return a chatflow's parsed flow: from the cache while its stamp is unchanged (one small
-    read), else from the stored chatflow."""
-    stamp = runstore.chatflow_stamp(chatflow_id)
+def _flow_of(chatflow_id: uuid.UUID, stamp: Any) -> Flow:
+    """Return a chatflow's parsed flow: from the cache while its stamp (read with the claim) is
+    unchanged, else from the stored chatflow."""
     cached = _flows.get(chatflow_id)
     if cached is not None and stamp is not None and cached[0] == stamp:
         return cached[1]
@@ -303,22 +302,32 @@ def _history_turns(prediction: Prediction, flow: Flow) -> tuple[ChatTurn, ...]:
     return tuple(turns)
 
 
-@transaction.atomic  # one transaction, so a retry after a lost connection counts one attempt
-def _claim(prediction_id: str, worker_name: str) -> tuple[Prediction, Flow, RunInput] | None:
-    """Mark an active prediction running and load what the run needs; None if it must not run."""
-    prediction = runstore.prediction_claim(prediction_id, worker_name)
-    if prediction is None:
-        return None
-    flow = _flow_of(prediction.chatflow_id)
+def _run_input(prediction: Prediction, chatflow_stamp: Any) -> tuple[Flow, RunInput]:
+    """Load what a claimed prediction's run needs: its flow, history and overrides."""
+    flow = _flow_of(prediction.chatflow_id, chatflow_stamp)
     run_input = RunInput(
         question=prediction.question,
         history=_history_turns(prediction, flow),
         overrides=secrets.decrypt_secrets(
-            prediction.request.get("overrideConfig") or {}, where=f"prediction {prediction_id}"
+            prediction.request.get("overrideConfig") or {}, where=f"prediction {prediction.id}"
         ),
         chat_id=prediction.chat_id,
         session_id=prediction.session_id,
     )
+    return flow, run_input
+
+
+async def _aclaim(prediction_id: str, worker_name: str) -> tuple[Prediction, Flow, RunInput] | None:
+    """Mark an active prediction running and load what the run needs; None if it must not run.
+
+    The claim is one statement, committed by itself (no BEGIN and COMMIT around it), so a retry
+    after a lost connection counts one attempt; the reads after it are retried on their own.
+    """
+    claimed = await aretry_database(runstore.prediction_claim, prediction_id, worker_name)
+    if claimed is None:
+        return None
+    prediction, chatflow_stamp = claimed
+    flow, run_input = await aretry_database(_run_input, prediction, chatflow_stamp)
     return prediction, flow, run_input
 
 
@@ -337,11 +346,8 @@ def _result_body(prediction: Prediction, text: str, memory_type: str | None, ext
     return body
 
 
-@transaction.atomic
 def prediction_finish(*, prediction: Prediction, body: dict[str, Any]) -> bool:
     """Record success and write both chat messages, unless the prediction stopped meanwhile."""
-    if not runstore.prediction_succeed(prediction.id, body):
-        return False
     now = timezone.now()
     common = {
         "chatflow_id": prediction.chatflow_id,
@@ -350,7 +356,9 @@ def prediction_finish(*, prediction: Prediction, body: dict[str, Any]) -> bool:
         "session_id": prediction.session_id,
         "memory_type": body.get("memoryType", ""),
     }
-    runstore.messages_insert(
+    return runstore.prediction_succeed_with_messages(
+        prediction.id,
+        body,
         [
             ChatMessage(
                 role=ChatMessageRole.USER, content=prediction.question, created_at=now, **common
@@ -364,9 +372,8 @@ def prediction_finish(*, prediction: Prediction, body: dict[str, Any]) -> bool:
                 created_at=now + timezone.timedelta(microseconds=1),
                 **common,
             ),
-        ]
+        ],
     )
-    return True
 
 
 def prediction_fail(
@@ -450,7 +457,7 @@ async def aprediction_run(prediction_id: str, *, worker_name: str = "") -> None:
     transport = get_transport()
     publisher: Publisher | None = None
     try:
-        claimed = await aretry_database(_claim, prediction_id, worker_name)
+        claimed = await _aclaim(prediction_id, worker_name)
         if claimed is None:
             logger.info("prediction %s not run: no longer active", prediction_id)
             return

@@ -13,9 +13,9 @@ from predictions.models import ChatMessage, ChatMessageRole, Prediction, Predict
 pytestmark = pytest.mark.django_db
 
 
-def _prediction(make_chatflow) -> Prediction:
+def _prediction(make_chatflow, chatflow=None) -> Prediction:
     return services.prediction_create(
-        chatflow=make_chatflow(),
+        chatflow=chatflow or make_chatflow(),
         request=services.PredictionRequest(
             question='hé \u2028 "quoted"',
             chat_id="chat-1",
@@ -30,10 +30,12 @@ def _prediction(make_chatflow) -> Prediction:
 def test_prediction_claim_returns_the_row_as_the_orm_reads_it(make_chatflow):
     created = _prediction(make_chatflow)
 
-    claimed = runstore.prediction_claim(str(created.id), "worker-1")
+    claim = runstore.prediction_claim(str(created.id), "worker-1")
 
     stored = Prediction.objects.get(id=created.id)
-    assert claimed is not None
+    assert claim is not None
+    claimed, chatflow_stamp = claim
+    assert chatflow_stamp is not None
     for field in Prediction._meta.concrete_fields:
         assert getattr(claimed, field.attname) == getattr(stored, field.attname), field.name
     assert stored.status == PredictionStatus.RUNNING
@@ -102,15 +104,70 @@ def test_messages_insert_and_history_round_trip(make_chatflow):
     assert runstore.history(created.chatflow_id, "other", 10) == []
 
 
-def test_chatflow_stamp_changes_with_a_save_and_is_none_when_gone(make_chatflow):
+def test_the_claims_chatflow_stamp_changes_with_a_save(make_chatflow):
     chatflow = make_chatflow()
-    chatflow_id = chatflow.id
-    before = runstore.chatflow_stamp(chatflow_id)
+    before = _prediction(make_chatflow, chatflow)
+    after = _prediction(make_chatflow, chatflow)
 
+    _, stamp_before = runstore.prediction_claim(str(before.id), "worker-1")
     services.chatflow_update(chatflow=chatflow, name="renamed")
-    after = runstore.chatflow_stamp(chatflow_id)
-    chatflow.delete()
+    _, stamp_after = runstore.prediction_claim(str(after.id), "worker-1")
 
-    assert before is not None
-    assert after != before
-    assert runstore.chatflow_stamp(chatflow_id) is None
+    assert stamp_before is not None
+    assert stamp_after != stamp_before
+
+
+def _messages(prediction: Prediction, answer_id: uuid.UUID) -> list[ChatMessage]:
+    now = timezone.now()
+    common = {
+        "chatflow_id": prediction.chatflow_id,
+        "prediction_id": prediction.id,
+        "chat_id": "chat-1",
+        "session_id": "session-1",
+        "memory_type": "",
+    }
+    return [
+        ChatMessage(role=ChatMessageRole.USER, content="hé \u2028 q", created_at=now, **common),
+        ChatMessage(
+            id=answer_id,
+            role=ChatMessageRole.API,
+            content="a",
+            source_documents=[{"pageContent": "x", "metadata": {}}],
+            created_at=now + timezone.timedelta(microseconds=1),
+            **common,
+        ),
+    ]
+
+
+def test_prediction_succeed_with_messages_writes_both_as_the_orm_would(make_chatflow):
+    created = _prediction(make_chatflow)
+    runstore.prediction_claim(str(created.id), "worker-1")
+    answer_id = uuid.uuid4()
+    messages = _messages(created, answer_id)
+
+    assert runstore.prediction_succeed_with_messages(created.id, {"text": "a"}, messages)
+
+    stored = Prediction.objects.get(id=created.id)
+    assert (stored.status, stored.result) == (PredictionStatus.SUCCEEDED, {"text": "a"})
+    answer = ChatMessage.objects.get(id=answer_id)
+    assert answer.source_documents == [{"pageContent": "x", "metadata": {}}]
+    assert answer.used_tools is None
+    assert answer.created_at == messages[1].created_at
+    assert runstore.history(created.chatflow_id, "session-1", 10) == [
+        ("userMessage", "hé \u2028 q"),
+        ("apiMessage", "a"),
+    ]
+
+
+def test_prediction_succeed_with_messages_of_a_stopped_one_writes_neither(make_chatflow):
+    created = _prediction(make_chatflow)
+    runstore.prediction_claim(str(created.id), "worker-1")
+    Prediction.objects.filter(id=created.id).update(status=PredictionStatus.CANCELLED)
+
+    written = runstore.prediction_succeed_with_messages(
+        created.id, {"text": "a"}, _messages(created, uuid.uuid4())
+    )
+
+    assert written is False
+    assert Prediction.objects.get(id=created.id).status == PredictionStatus.CANCELLED
+    assert not ChatMessage.objects.filter(prediction_id=created.id).exists()
