@@ -227,10 +227,12 @@ def message_counts(stack: Stack) -> Counter[tuple[str, str]]:
 
 
 def stream(redis_url: str, prediction_id: str) -> list[dict[str, Any]]:
-    """A prediction's events as stored in its Redis Stream."""
+    """A prediction's events as stored in its Redis Stream, as clients get them (the `end` of a
+    success also keeps its result there, which is never sent)."""
     client = redis.Redis.from_url(redis_url, socket_timeout=5)
     try:
-        return [dict(decode_event(i, f)) for i, f in client.xrange(stream_key(prediction_id))]
+        events = [decode_event(i, f) for i, f in client.xrange(stream_key(prediction_id))]
+        return [{k: v for k, v in event.items() if k != "result"} for event in events]
     finally:
         client.close()
 
