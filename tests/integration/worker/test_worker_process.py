@@ -26,10 +26,17 @@ Spawn = Callable[..., subprocess.Popen[bytes]]
 
 
 def wait_started(queue: Queue, count: int) -> None:
+    """Wait until `count` jobs are STARTED: registered, and marked so (rq's second step; a
+    worker killed between the two left a job that never ran, which the sweep requeues)."""
     registry = StartedJobRegistry(queue=queue)
-    wait_until(
-        lambda: registry.get_job_count(cleanup=False) == count, 15, f"{count} started job(s)"
-    )
+
+    def started() -> bool:
+        job_ids = registry.get_job_ids(cleanup=False)
+        jobs_now = [queue.fetch_job(job_id) for job_id in job_ids]
+        marked = [job for job in jobs_now if job and job.get_status() == JobStatus.STARTED]
+        return len(job_ids) == count and len(marked) == count
+
+    wait_until(started, 15, f"{count} started job(s)")
 
 
 def wait_exit(process: subprocess.Popen[bytes], timeout: float) -> int:
