@@ -358,13 +358,25 @@ class RedisTransport:
         entries = await clients.get_async_redis().xrevrange(stream_key(prediction_id), count=1)
         return _seq_of_last(entries)
 
-    async def last_seq_and_exists(self, prediction_id: str, key: str) -> tuple[int, bool]:
-        """`last_seq` and whether `key` exists (e.g. a cancel marker), in one round trip."""
-        async with clients.get_async_redis().pipeline(transaction=False) as pipe:
-            pipe.xrevrange(stream_key(prediction_id), count=1)
-            pipe.exists(key)
-            entries, exists = await pipe.execute()
-        return _seq_of_last(entries), bool(exists)
+    async def begin(
+        self, prediction_id: str, stop_key: str, first: Event
+    ) -> tuple[int, bool, bool]:
+        """Where the stream stands and whether `stop_key` (a cancel marker) exists; when the
+        stream is empty and the key is not there, also publish `first` (as `publish` would, with
+        seq 1). One round trip (a script), at the start of every run. Returns the stream's last
+        seq afterwards, whether the key exists and whether `first` went out.
+        """
+        layer = get_channel_layer()
+        channel = layer._get_group_channel_name(group_name(prediction_id))
+        fields = encode_event(first)
+        live = layer.serialize({"type": CHANNEL_EVENT_TYPE, **first})
+        script = clients.get_async_redis().register_script(_BEGIN_SCRIPT)
+        stopped, last_id, published = await script(
+            keys=[stream_key(prediction_id), stop_key],
+            args=[self.max_len, self.ttl, fields["e"], fields["d"], channel, live],
+        )
+        last_id = last_id.decode() if isinstance(last_id, bytes) else str(last_id)
+        return int(last_id.split("-", 1)[1]), bool(stopped), bool(published)
 
     async def exists(self, prediction_id: str) -> bool:
         return bool(await clients.get_async_redis().exists(stream_key(prediction_id)))
@@ -508,6 +520,24 @@ class RedisTransport:
         except REDIS_DOWN as exc:
             logger.warning("prediction %s: cannot replay events now (%s)", prediction_id, exc)
             return None
+
+
+# KEYS: the stream, the stop key. ARGV: max length, TTL, the first event's name and data, the
+# group's channel, the live message. Returns {stopped, the stream's last entry id, published}.
+_BEGIN_SCRIPT = """
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local last_id = last[1] and last[1][1] or '0-0'
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return {1, last_id, 0}
+end
+if last[1] then
+  return {0, last_id, 0}
+end
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '0-1', 'e', ARGV[3], 'd', ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return {0, '0-1', 1}
+"""
 
 
 def _seq_of_last(entries: list[Any]) -> int:

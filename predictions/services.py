@@ -40,7 +40,7 @@ from predictions.models import (
     Prediction,
     PredictionStatus,
 )
-from predictions.streaming import DONE, cancel_key
+from predictions.streaming import DONE, Event, cancel_key
 
 logger = logging.getLogger(__name__)
 
@@ -439,12 +439,19 @@ async def acancel_requested(prediction_id: str) -> bool:
     return local.cancel_requested(prediction_id)
 
 
-async def _alast_seq_and_cancelled(transport: Transport, prediction_id: str) -> tuple[int, bool]:
-    """Where the prediction's events stand, and whether it was asked to stop: in queue mode
-    in one round trip."""
-    if isinstance(transport, RedisTransport):
-        return await transport.last_seq_and_exists(prediction_id, cancel_key(prediction_id))
-    return await transport.last_seq(prediction_id), await acancel_requested(prediction_id)
+async def _abegin(transport: Transport, prediction: Prediction) -> tuple[int, bool, bool]:
+    """Where the prediction's events stand, whether it was asked to stop, and whether its
+    `start` went out: in queue mode in one round trip, which also publishes the `start` of a
+    run whose stream is empty (unless stopped)."""
+    prediction_id = str(prediction.id)
+    if not isinstance(transport, RedisTransport):
+        seq = await transport.last_seq(prediction_id)
+        return seq, await acancel_requested(prediction_id), False
+    start = Event(seq=1, event="start", data="")
+    seq, cancelled, started = await transport.begin(prediction_id, cancel_key(prediction_id), start)
+    # A first attempt's stream holds nothing before its start: one there is this run's own
+    # (redis-py repeats a command whose connection broke, and the first may have landed).
+    return seq, cancelled, started or (prediction.attempts == 1 and seq == 1)
 
 
 async def aprediction_run(prediction_id: str, *, worker_name: str = "") -> None:
@@ -464,8 +471,8 @@ async def aprediction_run(prediction_id: str, *, worker_name: str = "") -> None:
         prediction, flow, run_input = claimed
         # Redis may be restarting: wait for it rather than drop a claimed prediction.
         what = f"prediction {prediction_id}"
-        seq, cancelled = await aretry_redis(
-            lambda: _alast_seq_and_cancelled(transport, prediction_id), what=what
+        seq, cancelled, started = await aretry_redis(
+            lambda: _abegin(transport, prediction), what=what
         )
         # Queue mode batches a run's token writes (the in-process transport has none to save).
         coalesce = settings.TOKEN_COALESCE_MS / 1000 if settings.MODE == "queue" else 0.0
@@ -476,12 +483,13 @@ async def aprediction_run(prediction_id: str, *, worker_name: str = "") -> None:
             return
         logger.info("prediction %s started (attempt %s)", prediction_id, prediction.attempts)
         metrics.prediction_started(prediction)  # metrics
-        if prediction.attempts > 1 and publisher.seq:
-            # An earlier attempt left events: drop them and mark where this one begins. (A
-            # stream deleted meanwhile, e.g. by an admin retry, starts afresh from seq 1.)
-            await aretry_redis(lambda: transport.restart(prediction_id), what=what)
-            await publisher.emit("retry", {"attempt": prediction.attempts})
-        await publisher.emit("start", "")
+        if not started:
+            if prediction.attempts > 1 and publisher.seq:
+                # An earlier attempt left events: drop them and mark where this one begins. (A
+                # stream deleted meanwhile, e.g. by an admin retry, started afresh from seq 1.)
+                await aretry_redis(lambda: transport.restart(prediction_id), what=what)
+                await publisher.emit("retry", {"attempt": prediction.attempts})
+            await publisher.emit("start", "")
         await _arun_engine(prediction, flow, run_input, publisher)
     except asyncio.CancelledError:
         if await asyncio.shield(acancel_requested(prediction_id)):

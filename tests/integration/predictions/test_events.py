@@ -249,3 +249,35 @@ async def test_a_reader_replays_only_once_redis_has_its_subscription(queue_mode,
     assert event is not None
     assert (event["seq"], event["event"]) == (2, "end")
     await asyncio.gather(*late)
+
+
+async def test_begin_publishes_the_start_of_a_fresh_run_live_and_to_the_stream(queue_mode):
+    transport = RedisTransport(max_len=100, ttl=60)
+    reader = transport.read(PREDICTION_ID, after_seq=0, heartbeat=5.0)
+    first = asyncio.ensure_future(anext(reader))
+    await _joined_channels()
+    start = Event(seq=1, event="start", data="")
+
+    began = await transport.begin(PREDICTION_ID, "flowsite-test-stop", start)
+
+    assert began == (1, False, True)
+    assert await asyncio.wait_for(first, 5) == start  # live
+    await reader.aclose()
+    assert await transport._replay(PREDICTION_ID, 0) == [start]
+    assert 0 < await clients.get_async_redis().ttl(stream_key(PREDICTION_ID)) <= 60
+
+
+async def test_begin_leaves_a_stream_with_events_or_a_stopped_run_as_they_are(queue_mode):
+    transport = RedisTransport(max_len=100, ttl=60)
+    start = Event(seq=1, event="start", data="")
+    await clients.get_async_redis().set("flowsite-test-stop", "1")
+
+    assert await transport.begin(PREDICTION_ID, "flowsite-test-stop", start) == (0, True, False)
+    assert await transport.last_seq(PREDICTION_ID) == 0
+
+    await clients.get_async_redis().delete("flowsite-test-stop")
+    earlier = [start, Event(seq=2, event="token", data="a")]
+    await transport.publish_many(PREDICTION_ID, earlier)  # an earlier attempt's
+
+    assert await transport.begin(PREDICTION_ID, "flowsite-test-stop", start) == (2, False, False)
+    assert await transport._replay(PREDICTION_ID, 0) == earlier
