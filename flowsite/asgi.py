@@ -14,7 +14,7 @@ django_asgi_app = PooledThreadsASGIHandler()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-from flowsite.runtime import tune_gc  # noqa: E402
+from flowsite.runtime import skip_twisted_form_parsing, tune_gc  # noqa: E402
 from predictions.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
@@ -24,4 +24,5 @@ application = ProtocolTypeRouter(
     }
 )
 
+skip_twisted_form_parsing()
 tune_gc()
