@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from asgiref.sync import ThreadSensitiveContext
-from django.core.handlers.asgi import ASGIHandler
+from django.core.handlers.asgi import ASGIHandler, ASGIRequest
 
 # Idle request threads kept for the next requests; more are ended as their requests finish.
 IDLE_THREADS_KEPT = 64
@@ -46,16 +46,50 @@ class RequestThreads:
         return len(self._idle)
 
 
+class ASGIRequestWithoutCycles(ASGIRequest):
+    """An ASGIRequest that lets go of the closures middleware hung on it once it is closed.
+
+    Authentication and messages middleware store on the request functions that refer back to it
+    (`user`, `auser`, `_messages`): a reference cycle per request, which only the garbage
+    collector freed, with the request, its session, headers and body around it. Django closes
+    the request with its response, after the last byte was sent.
+    """
+
+    REFERRING_BACK = ("user", "auser", "_messages")
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            for name in self.REFERRING_BACK:
+                self.__dict__.pop(name, None)
+
+
 class PooledThreadsASGIHandler(ASGIHandler):
-    """ASGIHandler whose requests borrow their thread from `RequestThreads`.
+    """ASGIHandler whose requests borrow their thread from `RequestThreads` and leave no
+    reference cycles behind (see `listen_for_disconnect` and `ASGIRequestWithoutCycles`).
 
     As with Django's handler, a task a request starts must not call thread-sensitive code
     after the request ended: start it in a context of its own (`contextvars.Context()`).
     """
 
+    request_class = ASGIRequestWithoutCycles
+
     def __init__(self, threads: RequestThreads | None = None) -> None:
         super().__init__()
         self.threads = threads or RequestThreads()
+
+    async def listen_for_disconnect(self, receive: Any) -> None:
+        """Return when the client disconnects (Django's raises RequestAborted).
+
+        `handle` only ignores that exception, and its traceback tied the request, its response
+        and their frames into a cycle that only the garbage collector could free: about 120
+        objects per request, and 2.4 ms for each young-generation collection that had to walk
+        them (0.3 ms per request). Returning ends the task just the same.
+        """
+        message = await receive()
+        if message["type"] != "http.disconnect":
+            raise AssertionError(f"Invalid ASGI message after request body: {message['type']}")
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":

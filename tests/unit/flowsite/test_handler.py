@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
+import weakref
+from types import SimpleNamespace
 
 import pytest
 from asgiref.testing import ApplicationCommunicator
 from django.core import signals
 
 from flowsite.handler import PooledThreadsASGIHandler, RequestThreads
+from flowsite.runtime import skip_twisted_form_parsing
 
 
 def _scope(path: str) -> dict:
@@ -100,3 +104,48 @@ async def test_threads_past_the_idle_limit_end(finished_on):
             thread.join(5)
     assert not ({thread.ident for thread in threading.enumerate()} & set(idents[1:]))
     assert idents[0] in alive
+
+
+async def test_a_request_is_freed_without_the_garbage_collector():
+    handler = PooledThreadsASGIHandler(RequestThreads(idle_kept=4))
+    requests: list[weakref.ref] = []
+
+    class Recorded(handler.request_class):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            requests.append(weakref.ref(self))
+
+    handler.request_class = Recorded
+    gc.collect()
+    gc.disable()  # what a reference cycle holds stays until the collector runs
+    try:
+        # /api/v1/ping passes the session, authentication and messages middleware.
+        assert await _get(handler, "/api/v1/ping") == 200
+        await asyncio.sleep(0)
+        assert len(requests) == 1
+        assert requests[0]() is None
+    finally:
+        gc.enable()
+
+
+def test_daphne_requests_leave_post_bodies_to_django(monkeypatch):
+    from daphne import http_protocol
+    from twisted.web import http
+
+    monkeypatch.setattr(http_protocol, "WebRequest", http_protocol.WebRequest)  # undone after
+    skip_twisted_form_parsing()
+    skip_twisted_form_parsing()  # once is enough
+    passed: dict = {}
+
+    def request_init(self, channel, **kwargs):
+        passed.update(kwargs)
+        self.channel = channel
+
+    monkeypatch.setattr(http.Request, "__init__", request_init)
+    server = SimpleNamespace(protocol_connected=lambda request: None)
+    channel = SimpleNamespace(factory=SimpleNamespace(server=server))
+
+    http_protocol.WebRequest(channel)
+
+    assert http_protocol.WebRequest.__mro__[1].__name__ == "WebRequest"  # one subclass, not two
+    assert passed == {"parsePOSTFormSubmission": False}
