@@ -50,7 +50,9 @@ _LINE_BREAKS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": 
 
 def sse_frame(event: Event) -> bytes:
     """Encode one event as Flowise's SSE frame, with our `id:` line for Last-Event-ID resume."""
-    payload = _dumps({"event": event["event"], "data": event["data"]}).translate(_LINE_BREAKS)
+    payload = _dumps({"event": event["event"], "data": event["data"]})
+    if not payload.isascii():  # (translate costs more than the rest of the frame)
+        payload = payload.translate(_LINE_BREAKS)
     return f"message:\ndata:{payload}\nid:{event['seq']}\n\n".encode()
 
 
