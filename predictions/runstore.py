@@ -1,13 +1,14 @@
-"""The few statements every prediction run makes, in plain SQL instead of the ORM.
+"""The few statements every prediction makes, in plain SQL instead of the ORM.
 
-A run claims its row (with its chatflow's version), reads the chat history, and records its
-answer with two chat messages. Built by the ORM these cost ~3x the CPU of the same statements
-sent directly (0.66 ms against 0.22 ms per primary-key read, measured on the benchmark machine),
-and they are most of a worker's database time, so they are written out here once. Values go
-through each field's own `get_db_prep_save` and rows through `Model.from_db`, so they are stored
-and read exactly as the ORM would; the SQL (UPDATE … RETURNING, multi-row INSERT) is the same on
-PostgreSQL and SQLite (3.35+), and each statement's text is built once per database vendor.
-Everything else keeps using the ORM.
+A request stores the new prediction; a run claims its row (with its chatflow's version), reads
+the chat history, and records its answer with two chat messages. Built by the ORM these cost ~3x
+the CPU of the same statements sent directly (0.66 ms against 0.22 ms per primary-key read,
+measured on the benchmark machine), and they are most of a worker's database time, so they are
+written out here once. Values go through each field's own `pre_save` and `get_db_prep_save`
+and rows through `Model.from_db`, so they are stored and read exactly as the ORM would; the SQL
+(INSERT, UPDATE … RETURNING, multi-row INSERT; on PostgreSQL also one `WITH … UPDATE` feeding an
+INSERT) is the same on PostgreSQL and SQLite (3.35+), and each statement's text is built once per
+database vendor. Everything else keeps using the ORM.
 """
 
 from __future__ import annotations
@@ -62,6 +63,26 @@ def _from_row(model: type[Model], row: Sequence[Any]) -> Model:
         for convert in funcs:
             values[i] = convert(values[i], col, connection)
     return model.from_db(connection.alias, [f.attname for f in model._meta.concrete_fields], values)
+
+
+def prediction_insert(prediction: Prediction) -> Prediction:
+    """INSERT a new prediction (what `save()` does for a new row, without building it) and return
+    it, now stored."""
+    fields = Prediction._meta.concrete_fields
+    params = [f.get_db_prep_save(f.pre_save(prediction, True), connection) for f in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(_prediction_insert_sql(connection.vendor), params)
+    prediction._state.adding = False
+    prediction._state.db = connection.alias
+    return prediction
+
+
+@functools.cache
+def _prediction_insert_sql(vendor: str) -> str:
+    fields = Prediction._meta.concrete_fields
+    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    values = ", ".join(["%s"] * len(fields))
+    return f"INSERT INTO {_table(Prediction)} ({columns}) VALUES ({values})"
 
 
 def prediction_claim(prediction_id: str, worker_name: str) -> tuple[Prediction, Any] | None:

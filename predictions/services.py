@@ -206,18 +206,20 @@ def prediction_create(*, chatflow: Chatflow, request: PredictionRequest) -> Pred
         _check_queue_length()
     # One INSERT, committed by itself (autocommit): the job is enqueued only after it, and
     # without BEGIN and COMMIT around it (two round trips per prediction).
-    prediction = Prediction.objects.create(
-        chatflow=chatflow,
-        chat_id=request.chat_id,
-        session_id=request.session_id,
-        streaming=request.streaming,
-        request={
-            "question": request.question,
-            # Secrets (e.g. an allowed openAIApiKey override) are stored encrypted.
-            "overrideConfig": secrets.encrypt_secrets(request.override_config),
-            "history": request.history,
-            "streaming": request.streaming,
-        },
+    prediction = runstore.prediction_insert(
+        Prediction(
+            chatflow=chatflow,
+            chat_id=request.chat_id,
+            session_id=request.session_id,
+            streaming=request.streaming,
+            request={
+                "question": request.question,
+                # Secrets (e.g. an allowed openAIApiKey override) are stored encrypted.
+                "overrideConfig": secrets.encrypt_secrets(request.override_config),
+                "history": request.history,
+                "streaming": request.streaming,
+            },
+        )
     )
     if settings.MODE == "queue":
         try:

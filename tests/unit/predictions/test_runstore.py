@@ -171,3 +171,24 @@ def test_prediction_succeed_with_messages_of_a_stopped_one_writes_neither(make_c
     assert written is False
     assert Prediction.objects.get(id=created.id).status == PredictionStatus.CANCELLED
     assert not ChatMessage.objects.filter(prediction_id=created.id).exists()
+
+
+def test_prediction_insert_stores_what_the_orm_would(make_chatflow):
+    chatflow = make_chatflow()
+    prediction = Prediction(
+        chatflow=chatflow,
+        chat_id="chat-1",
+        session_id="session-1",
+        streaming=True,
+        request={"question": "hé \u2028", "overrideConfig": {}, "history": []},
+    )
+
+    stored = runstore.prediction_insert(prediction)
+
+    read = Prediction.objects.get(id=prediction.id)
+    assert stored is prediction
+    assert not prediction._state.adding
+    for field in Prediction._meta.concrete_fields:
+        assert getattr(read, field.attname) == getattr(prediction, field.attname), field.name
+    assert read.status == PredictionStatus.QUEUED
+    assert read.enqueued_at is not None
