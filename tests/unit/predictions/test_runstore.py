@@ -67,16 +67,21 @@ def test_prediction_succeed_only_a_running_one(make_chatflow):
     assert stored.finished_at is not None
 
 
+def _common(prediction: Prediction, memory_type: str = "") -> dict:
+    """The fields both chat messages of a prediction share."""
+    return {
+        "chatflow_id": prediction.chatflow_id,
+        "prediction_id": prediction.id,
+        "chat_id": "chat-1",
+        "session_id": "session-1",
+        "memory_type": memory_type,
+    }
+
+
 def test_messages_insert_and_history_round_trip(make_chatflow):
     created = _prediction(make_chatflow)
     now = timezone.now()
-    common = {
-        "chatflow_id": created.chatflow_id,
-        "prediction_id": created.id,
-        "chat_id": "chat-1",
-        "session_id": "session-1",
-        "memory_type": "Buffer Memory",
-    }
+    common = _common(created, memory_type="Buffer Memory")
     answer_id = uuid.uuid4()
     runstore.messages_insert(
         [
@@ -119,13 +124,7 @@ def test_the_claims_chatflow_stamp_changes_with_a_save(make_chatflow):
 
 def _messages(prediction: Prediction, answer_id: uuid.UUID) -> list[ChatMessage]:
     now = timezone.now()
-    common = {
-        "chatflow_id": prediction.chatflow_id,
-        "prediction_id": prediction.id,
-        "chat_id": "chat-1",
-        "session_id": "session-1",
-        "memory_type": "",
-    }
+    common = _common(prediction)
     return [
         ChatMessage(role=ChatMessageRole.USER, content="hé \u2028 q", created_at=now, **common),
         ChatMessage(
