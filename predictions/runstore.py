@@ -68,21 +68,11 @@ def _from_row(model: type[Model], row: Sequence[Any]) -> Model:
 def prediction_insert(prediction: Prediction) -> Prediction:
     """INSERT a new prediction (what `save()` does for a new row, without building it) and return
     it, now stored."""
-    fields = Prediction._meta.concrete_fields
-    params = [f.get_db_prep_save(f.pre_save(prediction, True), connection) for f in fields]
     with connection.cursor() as cursor:
-        cursor.execute(_prediction_insert_sql(connection.vendor), params)
+        cursor.execute(_insert_sql(Prediction, connection.vendor, 1), _row_params([prediction]))
     prediction._state.adding = False
     prediction._state.db = connection.alias
     return prediction
-
-
-@functools.cache
-def _prediction_insert_sql(vendor: str) -> str:
-    fields = Prediction._meta.concrete_fields
-    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
-    values = ", ".join(["%s"] * len(fields))
-    return f"INSERT INTO {_table(Prediction)} ({columns}) VALUES ({values})"
 
 
 def prediction_claim(prediction_id: str, worker_name: str) -> tuple[Prediction, Any] | None:
@@ -184,7 +174,7 @@ def prediction_succeed_with_messages(
                 return False
             messages_insert(messages)
             return True
-    params = [*_succeed_params(prediction_id, result), *_message_params(messages)]
+    params = [*_succeed_params(prediction_id, result), *_row_params(messages)]
     with connection.cursor() as cursor:
         cursor.execute(_succeed_with_messages_sql(connection.vendor, len(messages)), params)
         return cursor.rowcount > 0
@@ -206,18 +196,20 @@ def _succeed_with_messages_sql(vendor: str, rows: int) -> str:
 
 def messages_insert(messages: Sequence[ChatMessage]) -> None:
     """Insert chat messages in one statement (what bulk_create does, without building it)."""
+    sql = _insert_sql(ChatMessage, connection.vendor, len(messages))
     with connection.cursor() as cursor:
-        cursor.execute(_insert_sql(connection.vendor, len(messages)), _message_params(messages))
+        cursor.execute(sql, _row_params(messages))
 
 
-def _message_params(messages: Sequence[ChatMessage]) -> list[Any]:
-    fields = ChatMessage._meta.concrete_fields
-    return [f.get_db_prep_save(f.pre_save(m, True), connection) for m in messages for f in fields]
+def _row_params(objs: Sequence[Model]) -> list[Any]:
+    """The values of new rows, every concrete field in order, as `save()` would store them."""
+    fields = type(objs[0])._meta.concrete_fields
+    return [f.get_db_prep_save(f.pre_save(obj, True), connection) for obj in objs for f in fields]
 
 
 @functools.cache
-def _insert_sql(vendor: str, rows: int) -> str:
-    fields = ChatMessage._meta.concrete_fields
+def _insert_sql(model: type[Model], vendor: str, rows: int) -> str:
+    fields = model._meta.concrete_fields
     columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
     row = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    return f"INSERT INTO {_table(ChatMessage)} ({columns}) VALUES " + ", ".join([row] * rows)
+    return f"INSERT INTO {_table(model)} ({columns}) VALUES " + ", ".join([row] * rows)
