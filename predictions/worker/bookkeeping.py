@@ -1,4 +1,5 @@
-"""Sync rq bookkeeping for the concurrent worker: heartbeats, abandoned-job sweeps, stop, requeue.
+"""Sync rq bookkeeping for the concurrent worker: start, success, heartbeats, abandoned-job sweeps,
+stop, requeue.
 
 Every function here talks to Redis with blocking redis-py calls, so the worker runs them in its
 helper threads, never on the event loop. Each call builds and executes its own pipeline.
@@ -13,12 +14,14 @@ from typing import TYPE_CHECKING
 from rq import worker_registration
 from rq.callbacks import execute_stopped_callback
 from rq.defaults import RQ_KEY_PREFIX
-from rq.job import Job, JobStatus
+from rq.executions import Execution
+from rq.job import Job, JobStatus, Retry
+from rq.rate_limit import release_slot
 from rq.registry import StartedJobRegistry
 from rq.utils import as_text, current_timestamp, now
+from rq.worker import WorkerStatus
 
 if TYPE_CHECKING:
-    from rq.executions import Execution
     from rq.queue import Queue
 
     from .concurrent import ConcurrentWorker
@@ -27,6 +30,79 @@ logger = logging.getLogger(__name__)
 
 STOPPED_EXC_STRING = "Job stopped by user, task cancelled."
 SWEEP_LOCK_TEMPLATE = RQ_KEY_PREFIX + ":flowsite:abandoned-sweep:{0}"
+
+
+def start_execution(
+    worker: ConcurrentWorker, job: Job, queue: Queue, remove_from_intermediate_queue: bool
+) -> Execution:
+    """rq's two start steps (`prepare_execution`, then the horse's `prepare_job_execution`) in
+    one transaction instead of two: the execution and its registries, the job STARTED and
+    persisted, its id out of the intermediate queue, and the worker BUSY unless it is already.
+
+    Leaves out what the worker's heartbeat tick renews anyway (the worker key's TTL and
+    `last_heartbeat`) and the job's separate `last_heartbeat` write (STARTED sets it too).
+    """
+    ttl = worker.get_heartbeat_ttl(job)
+    with worker.connection.pipeline() as pipeline:
+        execution = Execution.create(job, ttl, pipeline=pipeline, worker_name=worker.name)
+        # Under the lock only the check: a later IDLE waits for an empty in-flight set, and this
+        # job is in it already.
+        with worker._state_lock:
+            if worker.get_state() != WorkerStatus.BUSY:
+                worker.set_state(WorkerStatus.BUSY, pipeline=pipeline)
+        job.prepare_for_execution(worker.name, pipeline=pipeline)
+        pipeline.persist(job.key)
+        if remove_from_intermediate_queue:
+            pipeline.lrem(queue.intermediate_queue_key, 1, job.id)
+        pipeline.execute()
+    worker.executions[execution.id] = execution
+    return execution
+
+
+def record_success(
+    worker: ConcurrentWorker, job: Job, queue: Queue, execution: Execution, return_value: object
+) -> bool:
+    """Record a job that returned as rq's `_finalize_success` does, in one transaction where rq
+    takes four round trips; return False, recording nothing, for a job that needs rq's own path
+    (a `Retry` result, a success callback, repeats).
+
+    rq reads the job's dependents under WATCH before it commits. Here the transaction counts
+    them instead, and only a job that has some hands them to rq's move afterwards: a dependent
+    enqueued after the commit sees the job FINISHED and is enqueued at once by rq itself.
+    """
+    if isinstance(return_value, Retry) or job.success_callback is not None or job.repeats_left:
+        return False
+    job.ended_at = now()
+    job._result = return_value
+    job._status = JobStatus.FINISHED
+    result_ttl = job.get_result_ttl(worker.default_result_ttl)
+    with worker.connection.pipeline() as pipeline:
+        worker.increment_successful_job_count(pipeline=pipeline)
+        worker.increment_total_working_time(job.ended_at - job.started_at, pipeline)  # type: ignore[operator]
+        if result_ttl != 0:
+            job._handle_success(
+                result_ttl,
+                pipeline=pipeline,
+                worker_name=worker.name,
+                execution_id=execution.id,
+                execution_started_at=execution.created_at,
+                execution_ended_at=job.ended_at,
+            )
+        job.cleanup(result_ttl, pipeline=pipeline, remove_from_queue=False)
+        worker.cleanup_execution(job, pipeline=pipeline, execution=execution)
+        pipeline.scard(job.dependents_key)
+        dependents = pipeline.execute()[-1]
+    if dependents:
+        queue.enqueue_ready_jobs_by_queue(queue.move_dependents_to_ready(job))
+    release_slot(job)
+    job.send_webhooks(JobStatus.FINISHED)
+    worker.log.info(
+        "Successfully completed job %s in %ss on worker %s",
+        job.id,
+        job.ended_at - job.started_at,  # type: ignore[operator]
+        worker.name,
+    )
+    return True
 
 
 def send_heartbeats(worker: ConcurrentWorker, beats: Sequence[tuple[Job, Execution]]) -> None:

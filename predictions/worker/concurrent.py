@@ -7,8 +7,10 @@ exercises each of them.
 - One event loop for the worker's life; up to `concurrency` jobs run at once as tasks. `async def`
   job functions are awaited on the loop, sync ones run in their own daemon thread; both see their
   own job through `rq.get_current_job()`.
-- rq's bookkeeping (`prepare_execution`, `prepare_job_execution`, the success/failure/retry
-  handlers, Results, Executions, counters) runs unchanged, in helper threads, never on the loop.
+- rq's bookkeeping (the start steps, the success/failure/retry handlers, Results, Executions,
+  counters) runs in helper threads, never on the loop: rq's own, except that a job's two start
+  steps are one transaction (`bookkeeping.start_execution`) and so is a plain success
+  (`bookkeeping.record_success`; one with a Retry result, a callback or repeats takes rq's).
   The worker is BUSY while any job runs and IDLE when none does.
 - `job.timeout` (the queue class's default when unset, none when -1) is enforced with
   `asyncio.timeout`; a job over it fails with rq's `JobTimeoutException`.
@@ -327,6 +329,12 @@ class ConcurrentWorker(BaseWorker):
         with self._state_lock:
             return super().prepare_execution(job)
 
+    def _finalize_success(
+        self, job: Job, queue: Queue, execution: Execution, return_value: Any
+    ) -> None:
+        if not bookkeeping.record_success(self, job, queue, execution, return_value):
+            super()._finalize_success(job, queue, execution, return_value)
+
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         self.request_shutdown(force=self._stopping)
 
@@ -608,9 +616,10 @@ class ConcurrentWorker(BaseWorker):
                 self._spawn(self._in_thread(self._bookkeeping, self._mark_idle))
 
     def _prepare(self, record: _InFlight) -> None:
-        """rq's two preparation steps, in one helper-thread call (bookkeeping thread)."""
-        record.execution = self.prepare_execution(record.job)
-        self.prepare_job_execution(record.job, remove_from_intermediate_queue=len(self.queues) == 1)
+        """rq's two preparation steps, in one transaction (bookkeeping thread)."""
+        record.execution = bookkeeping.start_execution(
+            self, record.job, record.queue, remove_from_intermediate_queue=len(self.queues) == 1
+        )
 
     async def _perform_and_record(self, record: _InFlight) -> None:
         job, queue = record.job, record.queue

@@ -84,3 +84,21 @@ async def cancel_aware_job(seconds: float) -> None:
         job.meta["cancelled"] = exc.args[0] if exc.args else None
         job.save_meta()
         raise
+
+
+def record_success(job, connection, result) -> None:
+    """An rq success callback: keep the result in `<job id>:callback`."""
+    connection.set(f"{job.id}:callback", repr(result))
+
+
+async def retry_once_job() -> object:
+    """Return rq's Retry on the first run (rq re-enqueues it) and "second" on the next."""
+    from rq import Retry
+
+    job = get_current_job()
+    assert job is not None
+    if job.meta.get("ran"):
+        return "second"
+    job.meta["ran"] = True
+    job.save_meta()
+    return Retry(max=1)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 from redis import Redis
-from rq import Queue, Retry
+from rq import Callback, Queue, Retry
 from rq.command import (
     send_shutdown_command,
     send_stop_execution_command,
@@ -141,6 +141,63 @@ def test_worker_retries_a_failed_job_as_rq_does(queue: Queue, make_worker: MakeW
     assert job.get_status() == JobStatus.FAILED
     assert job.retries_left == 0
     assert job.id in FailedJobRegistry(queue=queue)
+
+
+def test_dependents_run_once_their_dependency_finished(
+    queue: Queue, make_worker: MakeWorker
+) -> None:
+    first = queue.enqueue(jobs.sleep_job, 0.2)
+    second = queue.enqueue(jobs.sleep_job, 0, depends_on=first)
+    assert second.get_status() == JobStatus.DEFERRED
+
+    make_worker(concurrency=10).work(burst=True)
+
+    first.refresh()
+    second.refresh()
+    assert [first.get_status(), second.get_status()] == [JobStatus.FINISHED] * 2
+    assert first.ended_at is not None
+    assert second.started_at is not None
+    assert second.started_at >= first.ended_at
+
+
+def test_success_callbacks_and_retry_results_take_rqs_own_path(
+    queue: Queue, redis_conn: Redis, make_worker: MakeWorker
+) -> None:
+    called = queue.enqueue(jobs.sleep_job, 0, on_success=Callback(jobs.record_success))
+    retried = queue.enqueue(jobs.retry_once_job)
+
+    make_worker().work(burst=True)
+
+    assert redis_conn.get(f"{called.id}:callback") == b"0"
+    retried.refresh()
+    assert retried.get_status() == JobStatus.FINISHED
+    assert retried.return_value() == "second"
+
+
+def test_a_started_job_has_rqs_records_and_a_finished_one_none_left(
+    queue: Queue, redis_conn: Redis, make_worker: MakeWorker
+) -> None:
+    job = queue.enqueue(jobs.sleep_job, 1)
+    worker = make_worker()
+
+    with running(worker, burst=True) as runner:
+        wait_until(lambda: job.get_status() == JobStatus.STARTED, 10, "the job started")
+        job.refresh()
+        assert job.worker_name == worker.name
+        assert job.started_at is not None
+        assert job.last_heartbeat is not None
+        assert redis_conn.ttl(job.key) == -1  # persisted while it runs
+        assert redis_conn.lrange(queue.intermediate_queue_key, 0, -1) == []
+        [execution] = job.get_executions()
+        assert execution.worker_name == worker.name
+        assert StartedJobRegistry(queue=queue).get_job_ids() == [job.id]
+        assert worker_field(redis_conn, worker, "state") == "busy"
+        assert runner.join() is True
+
+    assert job.get_executions() == []
+    assert redis_conn.smembers(execution.worker_executions_key) == set()
+    assert float(worker_field(redis_conn, worker, "total_working_time") or 0) >= 1
+    assert job.id in FinishedJobRegistry(queue=queue)
 
 
 def test_worker_fails_a_job_over_its_timeout(queue: Queue, make_worker: MakeWorker) -> None:
