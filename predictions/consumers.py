@@ -135,9 +135,11 @@ class PredictionStreamConsumer(AsyncJsonWebsocketConsumer):
         data: dict[str, Any] = {"chatId": chat_id, "streaming": True}
         if "question" in content:
             data["question"] = content["question"]
-        prediction = await services.aprediction_create(
-            chatflow=chatflow, request=prediction_request(data, chatflow)
-        )
+        request = prediction_request(data, chatflow)
+        async with relay.reserved() as (prediction_id, reply_to):
+            prediction = await services.aprediction_create(
+                chatflow=chatflow, request=request, prediction_id=prediction_id, reply_to=reply_to
+            )
         await relay.astart(prediction)
         logger.info("chat %s: prediction %s created", chatflow.id, prediction.id)
         await self._follow(prediction, after_seq=0)

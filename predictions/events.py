@@ -4,7 +4,8 @@ Both transports give readers the same guarantee: every event exactly once, in `s
 ending with `end`. Queue mode writes each event to a capped Redis Stream (the record, replayed by
 late or resuming readers) and pushes it live through Channels' Redis layer; a reader joins the
 group first, replays the stream, then relays live events with `seq > last`, filling any gap
-from the stream.
+from the stream. The reader that asked for a prediction skips joining and replaying: its run
+also pushes each live message to that web process's inbox (see `_Inbox`).
 """
 
 from __future__ import annotations
@@ -88,7 +89,13 @@ async def aretry_redis(
 class Transport(Protocol):
     async def publish(self, prediction_id: str, event: Event) -> None: ...
 
-    async def publish_many(self, prediction_id: str, events: list[Event]) -> None: ...
+    async def publish_many(
+        self, prediction_id: str, events: list[Event], reply_to: str | None = None
+    ) -> None: ...
+
+    async def reserve(self, prediction_id: str) -> str | None: ...
+
+    def release(self, prediction_id: str) -> None: ...
 
     async def last_seq(self, prediction_id: str) -> int: ...
 
@@ -121,6 +128,8 @@ class Publisher:
     first token is never held); one that comes sooner waits, with those that follow it, until
     `coalesce` after that write (or until an event that is not a token comes). Every
     token is still its own event; only the writes (and live messages) are fewer.
+
+    `reply_to`: the inbox of the web process that asked for the prediction (see `_Inbox`).
     """
 
     def __init__(
@@ -130,9 +139,11 @@ class Publisher:
         *,
         start_seq: int = 0,
         coalesce: float = 0.0,
+        reply_to: str | None = None,
     ) -> None:
         self.transport = transport
         self.prediction_id = prediction_id
+        self.reply_to = reply_to
         self.seq = start_seq
         self.ended = False
         self.coalesce = coalesce
@@ -173,7 +184,7 @@ class Publisher:
             loop = asyncio.get_running_loop()
             if hold:
                 self._hold_until = loop.time() + self.coalesce
-            await self.transport.publish_many(self.prediction_id, batch)
+            await self.transport.publish_many(self.prediction_id, batch, self.reply_to)
             if hold:
                 # From the write's end: a run that waited on a slow write (a busy worker) has
                 # its next tokens ready at once, and they should go together.
@@ -244,9 +255,17 @@ class LocalTransport:
         changed, log.changed = log.changed, asyncio.Event()
         changed.set()
 
-    async def publish_many(self, prediction_id: str, events: list[Event]) -> None:
+    async def publish_many(
+        self, prediction_id: str, events: list[Event], reply_to: str | None = None
+    ) -> None:
         for event in events:
             await self.publish(prediction_id, event)
+
+    async def reserve(self, prediction_id: str) -> str | None:
+        return None  # readers read the log itself
+
+    def release(self, prediction_id: str) -> None:
+        pass
 
     async def last_seq(self, prediction_id: str) -> int:
         log = self._logs.get(prediction_id)
@@ -317,18 +336,30 @@ class RedisTransport:
         """
         await self.publish_many(prediction_id, [event])
 
-    async def publish_many(self, prediction_id: str, events: list[Event]) -> None:
-        """Publish consecutive events in one round trip (see `publish`)."""
+    async def publish_many(
+        self, prediction_id: str, events: list[Event], reply_to: str | None = None
+    ) -> None:
+        """Publish consecutive events in one round trip (see `publish`); the live message also
+        goes to `reply_to`, the inbox of the web process that asked for the prediction."""
         await aretry_redis(
-            lambda: self._write(prediction_id, events),
+            lambda: self._write(prediction_id, events, reply_to),
             what=f"prediction {prediction_id} event {events[-1]['seq']}",
         )
 
-    async def _write(self, prediction_id: str, events: list[Event]) -> None:
+    async def _write(self, prediction_id: str, events: list[Event], reply_to: str | None) -> None:
         client = clients.get_async_redis()
         key = stream_key(prediction_id)
         layer = get_channel_layer()
         channel = layer._get_group_channel_name(group_name(prediction_id))
+        if len(events) == 1:
+            live = {"type": CHANNEL_EVENT_TYPE, "p": prediction_id, **events[0]}
+        else:  # one live message for the lot (readers unpack `events`)
+            live = {
+                "type": CHANNEL_EVENT_TYPE,
+                "p": prediction_id,
+                "seq": events[-1]["seq"],
+                "events": events,
+            }
         try:
             async with client.pipeline(transaction=False) as pipe:
                 for event in events:
@@ -341,11 +372,10 @@ class RedisTransport:
                     )
                     if event["seq"] == 1 or event["event"] in _EXPIRY_EVENTS:
                         pipe.expire(key, self.ttl)  # set when the stream begins, renewed at end
-                if len(events) == 1:
-                    live = {"type": CHANNEL_EVENT_TYPE, **events[0]}
-                else:  # one live message for the lot (readers unpack `events`)
-                    live = {"type": CHANNEL_EVENT_TYPE, "seq": events[-1]["seq"], "events": events}
-                pipe.publish(channel, layer.serialize(live))
+                message = layer.serialize(live)
+                pipe.publish(channel, message)
+                if reply_to:
+                    pipe.publish(reply_to, message)
                 await pipe.execute()
         except ResponseError:
             # redis-py repeats a command whose connection broke, and the first one may have
@@ -353,13 +383,36 @@ class RedisTransport:
             # live messages by their seq).
             if await self.last_seq(prediction_id) < events[-1]["seq"]:
                 raise
+        if not reply_to:
+            # Published here without the asker's inbox (a cancel, a timeout): if the asker reads
+            # in this process, hand it over directly.
+            _deliver_here(prediction_id, live)
+
+    async def reserve(self, prediction_id: str) -> str | None:
+        """Open a mailbox for `prediction_id`, about to be enqueued, on this loop's inbox and
+        return the channel its run should also publish to (the job's `reply_to`); None when the
+        layer cannot be reached now (the reader joins the group instead). The first `read` of
+        the prediction here takes the mailbox; `release` drops one that will not be read.
+        """
+        try:
+            inbox = await _inbox(get_channel_layer())
+        except LAYER_DOWN as exc:
+            logger.warning("prediction %s: no inbox to answer on now (%s)", prediction_id, exc)
+            return None
+        inbox.open_mailbox(prediction_id)
+        return inbox.channel
+
+    def release(self, prediction_id: str) -> None:
+        inbox = _inboxes.get(asyncio.get_running_loop())
+        if inbox is not None:
+            inbox.close_mailbox(prediction_id)
 
     async def last_seq(self, prediction_id: str) -> int:
         entries = await clients.get_async_redis().xrevrange(stream_key(prediction_id), count=1)
         return _seq_of_last(entries)
 
     async def begin(
-        self, prediction_id: str, stop_key: str, first: Event
+        self, prediction_id: str, stop_key: str, first: Event, reply_to: str | None = None
     ) -> tuple[int, bool, bool]:
         """Where the stream stands and whether `stop_key` (a cancel marker) exists; when the
         stream is empty and the key is not there, also publish `first` (as `publish` would, with
@@ -369,11 +422,11 @@ class RedisTransport:
         layer = get_channel_layer()
         channel = layer._get_group_channel_name(group_name(prediction_id))
         fields = encode_event(first)
-        live = layer.serialize({"type": CHANNEL_EVENT_TYPE, **first})
+        live = layer.serialize({"type": CHANNEL_EVENT_TYPE, "p": prediction_id, **first})
         script = clients.get_async_redis().register_script(_BEGIN_SCRIPT)
         stopped, last_id, published = await script(
             keys=[stream_key(prediction_id), stop_key],
-            args=[self.max_len, self.ttl, fields["e"], fields["d"], channel, live],
+            args=[self.max_len, self.ttl, fields["e"], fields["d"], channel, live, reply_to or ""],
         )
         last_id = last_id.decode() if isinstance(last_id, bytes) else str(last_id)
         return int(last_id.split("-", 1)[1]), bool(stopped), bool(published)
@@ -422,41 +475,57 @@ class RedisTransport:
         channel: str | None = None
         receiving: asyncio.Future[Any] | None = None
         last = after_seq
+        inbox = _inboxes.get(asyncio.get_running_loop())
+        mailbox = inbox.take_mailbox(prediction_id) if inbox is not None else None
         try:
-            # A reader of an accepted prediction waits for Redis rather than fail (the caller's
-            # deadline bounds it); a new one is refused up front by the API instead.
-            while True:
-                try:
-                    await _keep_listening(layer)
-                    if channel is None:
-                        channel = await layer.new_channel()
-                    await layer.group_add(group, channel)
-                    await _until_subscribed(layer._get_group_channel_name(group))
-                    break
-                except LAYER_DOWN as exc:
-                    logger.warning(
-                        "prediction %s: cannot join its events now (%s)", prediction_id, exc
-                    )
-                    await asyncio.sleep(_quiet(min(heartbeat, RETRY_MAX_DELAY), deadline))
-                    yield None
-            # Joined first, so nothing published from here on is missed; the stream holds the rest.
-            replayed = await self._try_replay(prediction_id, last)
-            for event in replayed or ():
-                if event["seq"] <= last:
-                    continue
-                last = event["seq"]
-                yield event
-                if event["event"] == TERMINAL_EVENT:
-                    return
-            if replayed == [] and after_seq and await self._try_ended_by(prediction_id, after_seq):
-                return  # the reader already has the end (a resume after the last frame)
+            if mailbox is not None:
+                # Open since before the job was enqueued: every live message is in it.
+                receive: Callable[[], Awaitable[Any]] = mailbox
+            else:
+                # A reader of an accepted prediction waits for Redis rather than fail (the
+                # caller's deadline bounds it); a new one is refused up front by the API instead.
+                while True:
+                    try:
+                        await _inbox(layer)  # keeps the layer's receiver listening
+                        if channel is None:
+                            channel = await layer.new_channel()
+                        await layer.group_add(group, channel)
+                        await _until_subscribed(layer._get_group_channel_name(group))
+                        break
+                    except LAYER_DOWN as exc:
+                        logger.warning(
+                            "prediction %s: cannot join its events now (%s)", prediction_id, exc
+                        )
+                        await asyncio.sleep(_quiet(min(heartbeat, RETRY_MAX_DELAY), deadline))
+                        yield None
+                joined = channel
+
+                def receive() -> Awaitable[Any]:
+                    return layer.receive(joined)
+
+                # Joined first, so nothing published from here on is missed; the stream holds
+                # the rest.
+                replayed = await self._try_replay(prediction_id, last)
+                for event in replayed or ():
+                    if event["seq"] <= last:
+                        continue
+                    last = event["seq"]
+                    yield event
+                    if event["event"] == TERMINAL_EVENT:
+                        return
+                if (
+                    replayed == []
+                    and after_seq
+                    and await self._try_ended_by(prediction_id, after_seq)
+                ):
+                    return  # the reader already has the end (a resume after the last frame)
             loop = asyncio.get_running_loop()
             beat_at = loop.time() + heartbeat
             while True:
                 # One receive stays pending across quiet periods: cancelling it would make the
                 # layer unsubscribe the channel, and whatever arrived meanwhile would be dropped.
                 if receiving is None:
-                    receiving = asyncio.ensure_future(layer.receive(channel))
+                    receiving = asyncio.ensure_future(receive())
                 wait = min(CATCH_UP_SECONDS, max(0.0, beat_at - loop.time()))
                 done, _ = await asyncio.wait({receiving}, timeout=_quiet(wait, deadline))
                 if not done:
@@ -503,7 +572,13 @@ class RedisTransport:
                     if event["event"] == TERMINAL_EVENT:
                         return
         finally:
-            await asyncio.shield(_leave(layer, group, channel, receiving))
+            if mailbox is not None:
+                if receiving is not None:
+                    receiving.cancel()
+                if inbox is not None:
+                    inbox.close_mailbox(prediction_id)
+            else:
+                await asyncio.shield(_leave(layer, group, channel, receiving))
 
     async def _try_ended_by(self, prediction_id: str, seq: int) -> bool:
         try:
@@ -523,7 +598,8 @@ class RedisTransport:
 
 
 # KEYS: the stream, the stop key. ARGV: max length, TTL, the first event's name and data, the
-# group's channel, the live message. Returns {stopped, the stream's last entry id, published}.
+# group's channel, the live message, the asker's inbox (or ""). Returns {stopped, the stream's
+# last entry id, published}.
 _BEGIN_SCRIPT = """
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local last_id = last[1] and last[1][1] or '0-0'
@@ -536,6 +612,9 @@ end
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '0-1', 'e', ARGV[3], 'd', ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('PUBLISH', ARGV[5], ARGV[6])
+if ARGV[7] ~= '' then
+  redis.call('PUBLISH', ARGV[7], ARGV[6])
+end
 return {0, '0-1', 1}
 """
 
@@ -579,29 +658,116 @@ async def _until_subscribed(channel: str) -> None:
             return
 
 
-# The channel each event loop's layer keeps subscribed (see _keep_listening).
-_listening: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, str | None]] = (
-    weakref.WeakKeyDictionary()
-)
+# How long a mailbox waits for its reader before it is dropped (a streaming response that was
+# never read: its client left before the first byte).
+MAILBOX_UNREAD_SECONDS = 60.0
 
 
-async def _keep_listening(layer: Any) -> None:
-    """Keep one channel of this loop's layer subscribed for good.
+class _Inbox:
+    """One channel of this loop's layer, subscribed for good, with a mailbox per prediction that
+    this process asked for and reads.
 
-    channels-redis' receiver polls every 100 ms while its connection subscribes to nothing, so
-    a reader that joins after every other one has left waited up to 100 ms for its first
-    message (a lone client: 107 ms per prediction instead of 17).
+    Such a prediction's job carries the channel (`reply_to`), and its run publishes each live
+    message to it as well as to the prediction's group: the mailbox is open before the job is
+    enqueued, so its reader joins no group, replays no stream and leaves no group (six Redis
+    commands and two subscriptions per prediction). Other readers (a resume, a second tab, a
+    web process that did not ask) join the group as before. Being subscribed, the channel also
+    keeps channels-redis' receiver listening: it polls every 100 ms while its connection
+    subscribes to nothing, so a reader joining after every other had left waited up to 100 ms.
     """
+
+    def __init__(self, layer: Any) -> None:
+        self.layer = layer
+        self.channel = ""
+        self.opened: asyncio.Future[None] | None = None
+        self._mailboxes: dict[str, asyncio.Queue[dict[str, Any]]] = {}
+        self._opened_at: dict[str, float] = {}  # of the mailboxes no reader took yet
+        self._sweep: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        self.channel = await self.layer.new_channel("inbox.")
+        await _until_subscribed(self.channel)
+        self._task = asyncio.get_running_loop().create_task(self._deliver())
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        if self._sweep is not None:
+            self._sweep.cancel()
+
+    def open_mailbox(self, prediction_id: str) -> None:
+        loop = asyncio.get_running_loop()
+        self._mailboxes[prediction_id] = asyncio.Queue()
+        self._opened_at[prediction_id] = loop.time()
+        if self._sweep is None:
+            self._sweep = loop.call_later(MAILBOX_UNREAD_SECONDS, self._drop_unread)
+
+    def take_mailbox(self, prediction_id: str) -> Callable[[], Awaitable[dict[str, Any]]] | None:
+        """The mailbox's `get`, for the prediction's first reader here; None for the others."""
+        if self._opened_at.pop(prediction_id, None) is None:
+            return None  # none, or taken
+        return self._mailboxes[prediction_id].get
+
+    def close_mailbox(self, prediction_id: str) -> None:
+        self._mailboxes.pop(prediction_id, None)
+        self._opened_at.pop(prediction_id, None)
+
+    def put(self, message: dict[str, Any]) -> None:
+        mailbox = self._mailboxes.get(message.get("p", ""))
+        if mailbox is not None:
+            mailbox.put_nowait(message)
+
+    def _drop_unread(self) -> None:
+        """Drop the mailboxes nobody took within MAILBOX_UNREAD_SECONDS (every so often)."""
+        loop = asyncio.get_running_loop()
+        self._sweep = None
+        too_old = loop.time() - MAILBOX_UNREAD_SECONDS
+        for prediction_id in [p for p, at in self._opened_at.items() if at <= too_old]:
+            self.close_mailbox(prediction_id)
+        if self._opened_at:
+            self._sweep = loop.call_later(MAILBOX_UNREAD_SECONDS, self._drop_unread)
+
+    async def _deliver(self) -> None:
+        while True:
+            try:
+                message = await self.layer.receive(self.channel)
+            except Exception:  # a message it cannot decode: drop it, the stream has its events
+                logger.exception("inbox %s: unreadable message", self.channel)
+                continue
+            self.put(message)
+
+
+_inboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Inbox] = weakref.WeakKeyDictionary()
+
+
+async def _inbox(layer: Any) -> _Inbox:
+    """This loop's inbox on `layer`, opened (subscribed in Redis) on first use."""
     loop = asyncio.get_running_loop()
-    held = _listening.get(loop)
-    if held is not None and held[0] is layer:
-        return
-    _listening[loop] = (layer, None)  # one subscriber at a time
+    inbox = _inboxes.get(loop)
+    if inbox is None or inbox.layer is not layer:
+        if inbox is not None:
+            inbox.close()
+        inbox = _inboxes[loop] = _Inbox(layer)
+        inbox.opened = asyncio.ensure_future(inbox.open())
+    assert inbox.opened is not None
     try:
-        _listening[loop] = (layer, await layer.new_channel())
-    except BaseException:
-        _listening.pop(loop, None)
+        await asyncio.shield(inbox.opened)
+    except LAYER_DOWN:
+        if _inboxes.get(loop) is inbox:
+            del _inboxes[loop]  # the next reader tries again
         raise
+    return inbox
+
+
+def _deliver_here(prediction_id: str, live: dict[str, Any]) -> None:
+    """Put a live message into this loop's mailbox for `prediction_id`, if there is one."""
+    try:
+        inbox = _inboxes.get(asyncio.get_running_loop())
+    except RuntimeError:
+        return
+    if inbox is not None:
+        inbox.put(live)
 
 
 async def _leave(

@@ -11,9 +11,10 @@ from predictions.services import aprediction_run
 logger = logging.getLogger(__name__)
 
 
-async def prediction_run_job(prediction_id: str) -> None:
-    """Run one prediction on the worker (the job's only argument is the prediction id)."""
+async def prediction_run_job(prediction_id: str, reply_to: str | None = None) -> None:
+    """Run one prediction on the worker: the prediction id, and the inbox of the web process
+    that asked for it (its events also go there, see events.RedisTransport.reserve)."""
     job = get_current_job()
     worker_name = (job.worker_name if job is not None else "") or ""
     logger.info("job %s: prediction %s claimed", job.id if job else "-", prediction_id)
-    await aprediction_run(prediction_id, worker_name=worker_name)
+    await aprediction_run(prediction_id, worker_name=worker_name, reply_to=reply_to)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,6 +22,22 @@ TIMED_OUT = "prediction_timeout: no answer within the time limit"
 def deadline() -> float:
     """Return the monotonic time after which a web-side reader stops waiting."""
     return time.monotonic() + settings.PREDICTION_TIMEOUT + settings.PREDICTION_TIMEOUT_MARGIN
+
+
+@contextlib.asynccontextmanager
+async def reserved() -> AsyncIterator[tuple[str, str | None]]:
+    """A new prediction's id, and the channel its run should answer on: this loop's inbox in
+    queue mode, where the prediction's first reader here then takes its events from a mailbox
+    opened now (see events.RedisTransport.reserve). The mailbox is dropped again if the block
+    raises (the prediction was not created)."""
+    prediction_id = str(uuid.uuid4())
+    transport = get_transport()
+    reply_to = await transport.reserve(prediction_id)
+    try:
+        yield prediction_id, reply_to
+    except BaseException:
+        transport.release(prediction_id)
+        raise
 
 
 async def astart(prediction: Prediction) -> None:

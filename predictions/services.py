@@ -162,7 +162,8 @@ class PredictionRequest:
     history: list[dict[str, str]]
 
 
-def _enqueue(prediction: Prediction) -> None:
+def _enqueue(prediction: Prediction, reply_to: str | None = None) -> None:
+    """Enqueue the prediction's job; `reply_to`: the asker's inbox (see events.RedisTransport)."""
     import django_rq
     from rq import Retry
 
@@ -171,6 +172,7 @@ def _enqueue(prediction: Prediction) -> None:
     queue.enqueue_call(
         "predictions.jobs.prediction_run_job",
         args=(str(prediction.id),),
+        kwargs={"reply_to": reply_to} if reply_to else None,
         job_id=str(prediction.id),
         retry=retry,
         timeout=settings.PREDICTION_TIMEOUT + 60,
@@ -197,9 +199,16 @@ def _check_queue_length() -> None:
         )
 
 
-def prediction_create(*, chatflow: Chatflow, request: PredictionRequest) -> Prediction:
+def prediction_create(
+    *,
+    chatflow: Chatflow,
+    request: PredictionRequest,
+    prediction_id: str | None = None,
+    reply_to: str | None = None,
+) -> Prediction:
     """Store a queued prediction; in queue mode enqueue its job once the row is committed.
 
+    `prediction_id` and `reply_to` come from `relay.reserved` (the asker's mailbox).
     Raises QueueUnavailable (and marks the prediction failed) when Redis refuses the job.
     """
     if settings.MODE == "queue" and settings.MAX_QUEUE_LENGTH:
@@ -208,6 +217,7 @@ def prediction_create(*, chatflow: Chatflow, request: PredictionRequest) -> Pred
     # without BEGIN and COMMIT around it (two round trips per prediction).
     prediction = runstore.prediction_insert(
         Prediction(
+            **({"id": uuid.UUID(prediction_id)} if prediction_id else {}),
             chatflow=chatflow,
             chat_id=request.chat_id,
             session_id=request.session_id,
@@ -223,7 +233,7 @@ def prediction_create(*, chatflow: Chatflow, request: PredictionRequest) -> Pred
     )
     if settings.MODE == "queue":
         try:
-            _enqueue(prediction)
+            _enqueue(prediction, reply_to)
         except RedisError as exc:
             logger.warning("prediction %s not enqueued: %s", prediction.id, exc)
             Prediction.objects.filter(id=prediction.id).update(
@@ -441,7 +451,9 @@ async def acancel_requested(prediction_id: str) -> bool:
     return local.cancel_requested(prediction_id)
 
 
-async def _abegin(transport: Transport, prediction: Prediction) -> tuple[int, bool, bool]:
+async def _abegin(
+    transport: Transport, prediction: Prediction, reply_to: str | None
+) -> tuple[int, bool, bool]:
     """Where the prediction's events stand, whether it was asked to stop, and whether its
     `start` went out: in queue mode in one round trip, which also publishes the `start` of a
     run whose stream is empty (unless stopped)."""
@@ -450,14 +462,19 @@ async def _abegin(transport: Transport, prediction: Prediction) -> tuple[int, bo
         seq = await transport.last_seq(prediction_id)
         return seq, await acancel_requested(prediction_id), False
     start = Event(seq=1, event="start", data="")
-    seq, cancelled, started = await transport.begin(prediction_id, cancel_key(prediction_id), start)
+    seq, cancelled, started = await transport.begin(
+        prediction_id, cancel_key(prediction_id), start, reply_to
+    )
     # A first attempt's stream holds nothing before its start: one there is this run's own
     # (redis-py repeats a command whose connection broke, and the first may have landed).
     return seq, cancelled, started or (prediction.attempts == 1 and seq == 1)
 
 
-async def aprediction_run(prediction_id: str, *, worker_name: str = "") -> None:
-    """Run a prediction: claim it, run the engine, record the outcome and emit its events.
+async def aprediction_run(
+    prediction_id: str, *, worker_name: str = "", reply_to: str | None = None
+) -> None:
+    """Run a prediction: claim it, run the engine, record the outcome and emit its events
+    (live to `reply_to` too, the inbox of the web process that asked, in queue mode).
 
     Emits start, tokens (for streaming requests), then metadata + end on success, error + end on
     failure, abort + end on cancel. A CancelledError that is not a requested cancel (worker
@@ -474,11 +491,13 @@ async def aprediction_run(prediction_id: str, *, worker_name: str = "") -> None:
         # Redis may be restarting: wait for it rather than drop a claimed prediction.
         what = f"prediction {prediction_id}"
         seq, cancelled, started = await aretry_redis(
-            lambda: _abegin(transport, prediction), what=what
+            lambda: _abegin(transport, prediction, reply_to), what=what
         )
         # Queue mode batches a run's token writes (the in-process transport has none to save).
         coalesce = settings.TOKEN_COALESCE_MS / 1000 if settings.MODE == "queue" else 0.0
-        publisher = Publisher(transport, prediction_id, start_seq=seq, coalesce=coalesce)
+        publisher = Publisher(
+            transport, prediction_id, start_seq=seq, coalesce=coalesce, reply_to=reply_to
+        )
         if cancelled:
             await metrics.acount(metrics.CANCEL_MARKER_HITS)  # metrics
             await _aend_cancelled(prediction_id, publisher)
@@ -497,7 +516,7 @@ async def aprediction_run(prediction_id: str, *, worker_name: str = "") -> None:
         if await asyncio.shield(acancel_requested(prediction_id)):
             if publisher is None:
                 seq = await asyncio.shield(transport.last_seq(prediction_id))
-                publisher = Publisher(transport, prediction_id, start_seq=seq)
+                publisher = Publisher(transport, prediction_id, start_seq=seq, reply_to=reply_to)
             await asyncio.shield(_aend_cancelled(prediction_id, publisher))
         raise
 
@@ -610,6 +629,18 @@ async def _aend_as_stored(prediction_id: str, publisher: Publisher) -> None:
 # --- cancel ------------------------------------------------------------------------------------
 
 
+def _reply_to(prediction_id: str) -> str | None:
+    """The inbox of the web process that asked for the prediction (its job's `reply_to`)."""
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job
+
+    try:
+        job = Job.fetch(prediction_id, connection=clients.get_sync_redis())
+    except NoSuchJobError:
+        return None
+    return job.kwargs.get("reply_to")
+
+
 def _signal_worker(prediction_id: str) -> None:
     from rq.command import send_stop_job_command
     from rq.exceptions import InvalidJobOperation, NoSuchJobError
@@ -646,7 +677,12 @@ async def aprediction_cancel(*, prediction: Prediction) -> str:
     transport = get_transport()
     if won:
         await metrics.aprediction_cancelled(pid, prediction.chatflow_id)  # metrics
-        publisher = Publisher(transport, pid, start_seq=await transport.last_seq(pid))
+        reply_to = None
+        if settings.MODE == "queue":
+            reply_to = await sync_to_async(_reply_to, thread_sensitive=False)(pid)
+        publisher = Publisher(
+            transport, pid, start_seq=await transport.last_seq(pid), reply_to=reply_to
+        )
         await publisher.end("abort", DONE)
         return PredictionStatus.CANCELLED
     if settings.MODE == "queue":
@@ -663,14 +699,17 @@ WORKER_LOST_MESSAGE = (
 )
 
 
-async def _aend_lost(prediction_id: str) -> None:
+async def _aend_lost(prediction_id: str, reply_to: str | None) -> None:
     transport = get_transport()
     if await aprediction_fail(
         prediction_id=prediction_id, code="worker_lost", message=WORKER_LOST_MESSAGE
     ):
         await metrics.aprediction_failed(prediction_id, "worker_lost")  # metrics
         publisher = Publisher(
-            transport, prediction_id, start_seq=await transport.last_seq(prediction_id)
+            transport,
+            prediction_id,
+            start_seq=await transport.last_seq(prediction_id),
+            reply_to=reply_to,
         )
         await publisher.end("error", WORKER_LOST_MESSAGE)
         logger.warning("prediction %s failed: worker_lost", prediction_id)
@@ -686,18 +725,20 @@ def predictions_mark_lost(job_ids: list[str]) -> None:
     from rq.exceptions import NoSuchJobError
     from rq.job import Job, JobStatus
 
-    failed = []
+    failed: list[tuple[str, str | None]] = []
     for job_id in job_ids:
         try:
-            status = Job.fetch(job_id, connection=clients.get_sync_redis()).get_status()
+            job = Job.fetch(job_id, connection=clients.get_sync_redis())
         except NoSuchJobError:
-            status = None
+            status, reply_to = None, None
+        else:
+            status, reply_to = job.get_status(), job.kwargs.get("reply_to")
         # A job with retries left is back in the queue: its next attempt restarts the stream.
         if status in (None, JobStatus.FAILED, JobStatus.STOPPED):
-            failed.append(job_id)
+            failed.append((job_id, reply_to))
 
     async def run() -> None:
-        for job_id in failed:
-            await _aend_lost(job_id)
+        for job_id, reply_to in failed:
+            await _aend_lost(job_id, reply_to)
 
     async_to_sync(run)()

@@ -324,9 +324,16 @@ async def _arelease_database() -> None:
     await sync_to_async(connections.close_all)()
 
 
-def _create_released(chatflow: Chatflow, request: services.PredictionRequest) -> Prediction:
+def _create_released(
+    chatflow: Chatflow,
+    request: services.PredictionRequest,
+    prediction_id: str,
+    reply_to: str | None,
+) -> Prediction:
     try:
-        return services.prediction_create(chatflow=chatflow, request=request)
+        return services.prediction_create(
+            chatflow=chatflow, request=request, prediction_id=prediction_id, reply_to=reply_to
+        )
     finally:
         connections.close_all()  # as _arelease_database, in the same trip to the thread
 
@@ -425,13 +432,15 @@ async def prediction_create(request: HttpRequest, chatflow_id: str) -> HttpRespo
     await ratelimit.acheck(chatflow, ratelimit.request_ip(request))
     data = _parse_body(request)
     prediction_input = prediction_request(data, chatflow)
-    try:
-        prediction = await _acreate_released(chatflow, prediction_input)
-    except IntegrityError:
-        # Deleted by another process since this one read it (achatflow_get_recent).
-        selectors.chatflow_forget(chatflow.id)
-        raise chatflow_not_found(chatflow_id) from None
-    prediction_id = str(prediction.id)
+    async with relay.reserved() as (prediction_id, reply_to):
+        try:
+            prediction = await _acreate_released(
+                chatflow, prediction_input, prediction_id, reply_to
+            )
+        except IntegrityError:
+            # Deleted by another process since this one read it (achatflow_get_recent).
+            selectors.chatflow_forget(chatflow.id)
+            raise chatflow_not_found(chatflow_id) from None
     await relay.astart(prediction)
     if prediction.streaming:
         response: HttpResponse = _sse_response(prediction_id, 0, owner=True)

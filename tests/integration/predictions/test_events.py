@@ -38,7 +38,7 @@ async def test_publish_reaches_a_layer_reader_live_and_the_stream(queue_mode):
         await transport.publish(PREDICTION_ID, event)
 
         message = await asyncio.wait_for(receiving, 5)
-        assert message == {"type": CHANNEL_EVENT_TYPE, **event}
+        assert message == {"type": CHANNEL_EVENT_TYPE, "p": PREDICTION_ID, **event}
         assert await transport.last_seq(PREDICTION_ID) == 1
         ttl = await clients.get_async_redis().ttl(stream_key(PREDICTION_ID))
         assert 0 < ttl <= 60
@@ -111,11 +111,11 @@ async def test_a_reader_that_joins_after_the_end_replays_the_result(queue_mode):
 
 
 def _kept_channel() -> str:
-    """The channel the loop's layer keeps subscribed for good (events._keep_listening)."""
-    layer, channel = events._listening[asyncio.get_running_loop()]
-    assert layer is get_channel_layer()
-    assert channel is not None
-    return channel
+    """The channel the loop's layer keeps subscribed for good (the inbox, events._Inbox)."""
+    inbox = events._inboxes[asyncio.get_running_loop()]
+    assert inbox.layer is get_channel_layer()
+    assert inbox.channel
+    return inbox.channel
 
 
 async def _joined_channels() -> list[str]:
@@ -281,3 +281,96 @@ async def test_begin_leaves_a_stream_with_events_or_a_stopped_run_as_they_are(qu
 
     assert await transport.begin(PREDICTION_ID, "flowsite-test-stop", start) == (2, False, False)
     assert await transport._replay(PREDICTION_ID, 0) == earlier
+
+
+async def _group_subscribers() -> int:
+    layer = get_channel_layer()
+    return await _subscribers([layer._get_group_channel_name(group_name(PREDICTION_ID))])
+
+
+async def test_the_askers_reader_takes_its_events_from_its_mailbox_without_joining(queue_mode):
+    transport = RedisTransport(max_len=100, ttl=60)
+    reply_to = await transport.reserve(PREDICTION_ID)
+    assert reply_to == _kept_channel()
+    start = Event(seq=1, event="start", data="")
+    assert await transport.begin(PREDICTION_ID, "flowsite-test-stop", start, reply_to) == (
+        1,
+        False,
+        True,
+    )
+    reader = transport.read(PREDICTION_ID, after_seq=0, heartbeat=60.0)
+    assert await asyncio.wait_for(anext(reader), 5) == start  # taken before it was read
+    assert await _group_subscribers() == 0  # not joined: a joined reader replays after joining
+    waiting = asyncio.ensure_future(anext(reader))
+    end = Event(seq=3, event="end", data="[DONE]", result={"text": "hi"})
+
+    await transport.publish_many(
+        PREDICTION_ID, [Event(seq=2, event="metadata", data={}), end], reply_to
+    )
+
+    assert (await asyncio.wait_for(waiting, 5))["seq"] == 2
+    assert await anext(reader) == end
+    with pytest.raises(StopAsyncIteration):
+        await anext(reader)
+    assert events._inboxes[asyncio.get_running_loop()]._mailboxes == {}
+
+
+async def test_a_second_reader_of_the_askers_prediction_joins_and_both_get_everything(
+    queue_mode,
+):
+    transport = RedisTransport(max_len=100, ttl=60)
+    reply_to = await transport.reserve(PREDICTION_ID)
+    asker = transport.read(PREDICTION_ID, after_seq=0, heartbeat=60.0)
+    other = transport.read(PREDICTION_ID, after_seq=0, heartbeat=60.0)
+    got = [asyncio.ensure_future(anext(asker)), asyncio.ensure_future(anext(other))]
+
+    async def joined() -> bool:
+        return await _group_subscribers() == 1
+
+    await wait_until(joined)
+    sent = [Event(seq=1, event="start", data=""), Event(seq=2, event="end", data="[DONE]")]
+    await transport.publish_many(PREDICTION_ID, sent, reply_to)
+
+    assert [await asyncio.wait_for(future, 5) for future in got] == [{**sent[0], "more": True}] * 2
+    assert [e async for e in asker] == [sent[1]]
+    assert [e async for e in other] == [sent[1]]
+
+
+async def test_events_published_here_without_the_inbox_reach_the_askers_mailbox(
+    queue_mode, monkeypatch
+):
+    monkeypatch.setattr(events, "CATCH_UP_SECONDS", 60.0)  # only a live message is in time
+    transport = RedisTransport(max_len=100, ttl=60)
+    await transport.reserve(PREDICTION_ID)
+    reader = transport.read(PREDICTION_ID, after_seq=0, heartbeat=60.0)
+    waiting = asyncio.ensure_future(anext(reader))
+    abort = [Event(seq=1, event="abort", data="[DONE]"), Event(seq=2, event="end", data="[DONE]")]
+
+    await transport.publish_many(PREDICTION_ID, abort)  # e.g. a cancel of the queued prediction
+
+    assert await asyncio.wait_for(waiting, 5) == {**abort[0], "more": True}
+    assert [e async for e in reader] == [abort[1]]
+
+
+async def test_a_mailbox_nobody_reads_is_dropped_and_a_released_one_at_once(
+    queue_mode, monkeypatch
+):
+    monkeypatch.setattr(events, "MAILBOX_UNREAD_SECONDS", 0.05)
+    transport = RedisTransport(max_len=100, ttl=60)
+    await transport.reserve("released")
+    transport.release("released")
+    inbox = events._inboxes[asyncio.get_running_loop()]
+    assert inbox._mailboxes == {}
+
+    await transport.reserve(PREDICTION_ID)
+    await transport.publish(PREDICTION_ID, Event(seq=1, event="start", data=""))
+    assert list(inbox._mailboxes) == [PREDICTION_ID]
+
+    async def dropped() -> bool:
+        return inbox._mailboxes == {}
+
+    await wait_until(dropped)
+    # Its reader, had it come, joins the group and replays the stream instead.
+    reader = transport.read(PREDICTION_ID, after_seq=0, heartbeat=60.0)
+    assert (await asyncio.wait_for(anext(reader), 5))["event"] == "start"
+    await reader.aclose()

@@ -12,7 +12,7 @@ from asgiref.sync import sync_to_async
 from django.test import AsyncClient
 from rq.job import Job
 
-from predictions import services
+from predictions import events, services
 from predictions.models import ChatMessage, Prediction
 from tests.conftest import offline_flow
 
@@ -80,7 +80,7 @@ async def test_queue_prediction_answers_like_main_mode(worker, settings):
     assert roles == ["userMessage", "apiMessage"]
 
 
-async def test_queue_job_carries_only_the_prediction_id(rq_queue, settings):
+async def test_queue_job_carries_only_the_prediction_id_and_the_askers_inbox(rq_queue, settings):
     chatflow = await make_flow()
     client = AsyncClient()
     settings.PREDICTION_TIMEOUT = 1
@@ -93,7 +93,7 @@ async def test_queue_job_carries_only_the_prediction_id(rq_queue, settings):
     prediction = await Prediction.objects.afirst()
     job = Job.fetch(str(prediction.id), connection=rq_queue.connection)
     assert job.args == (str(prediction.id),)
-    assert job.kwargs == {}
+    assert job.kwargs == {"reply_to": events._inboxes[asyncio.get_running_loop()].channel}
     assert "secret q" not in json.dumps(job.to_dict(), default=str)
 
 

@@ -14,15 +14,29 @@ class RecordingTransport:
 
     def __init__(self) -> None:
         self.writes: list[list[Event]] = []
+        self.replies_to: list[str | None] = []
 
     async def publish(self, prediction_id: str, event: Event) -> None:
         await self.publish_many(prediction_id, [event])
 
-    async def publish_many(self, prediction_id: str, events: list[Event]) -> None:
+    async def publish_many(
+        self, prediction_id: str, events: list[Event], reply_to: str | None = None
+    ) -> None:
         self.writes.append(list(events))
+        self.replies_to.append(reply_to)
 
     def shape(self) -> list[list[tuple[int, str]]]:
         return [[(e["seq"], e["event"]) for e in write] for write in self.writes]
+
+
+async def test_every_write_goes_to_the_askers_inbox_too():
+    transport = RecordingTransport()
+    publisher = Publisher(transport, "p", coalesce=0.01, reply_to="inbox.1")
+
+    await publisher.emit("token", "a")
+    await publisher.end("metadata", {})
+
+    assert transport.replies_to == ["inbox.1", "inbox.1"]
 
 
 async def test_without_coalescing_every_event_is_its_own_write():
@@ -75,7 +89,9 @@ async def test_held_tokens_are_written_once_the_window_passes():
 
 async def test_a_failed_delayed_write_fails_the_next_event():
     class FailingLater(RecordingTransport):
-        async def publish_many(self, prediction_id: str, events: list[Event]) -> None:
+        async def publish_many(
+            self, prediction_id: str, events: list[Event], reply_to: str | None = None
+        ) -> None:
             if self.writes:
                 raise ConnectionError("redis went away")
             await super().publish_many(prediction_id, events)
