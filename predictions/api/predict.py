@@ -250,7 +250,7 @@ def prediction_request(data: dict[str, Any], chatflow: Chatflow) -> services.Pre
 
 def _check_origin(request: HttpRequest, chatflow: Chatflow) -> None:
     allowed = chatflow.allowed_origins()
-    origin = request.headers.get("Origin")
+    origin = request.META.get("HTTP_ORIGIN")  # request.headers copies every header first
     if allowed and origin and origin.rstrip("/") not in allowed:
         raise Forbidden(
             f"Origin {origin} is not allowed for this chatflow", code="origin_not_allowed"
