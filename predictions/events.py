@@ -360,23 +360,20 @@ class RedisTransport:
                 "seq": events[-1]["seq"],
                 "events": events,
             }
+        args: list[Any] = [
+            self.max_len,
+            self.ttl,
+            # The TTL is set when the stream begins and renewed at its run's start and end.
+            int(any(e["seq"] == 1 or e["event"] in _EXPIRY_EVENTS for e in events)),
+            channel,
+            reply_to or "",
+            layer.serialize(live),
+        ]
+        for event in events:
+            fields = encode_event(event)
+            args += (f"0-{event['seq']}", fields["e"], fields["d"], fields.get("r", ""))
         try:
-            async with client.pipeline(transaction=False) as pipe:
-                for event in events:
-                    pipe.xadd(
-                        key,
-                        encode_event(event),
-                        id=f"0-{event['seq']}",
-                        maxlen=self.max_len,
-                        approximate=True,
-                    )
-                    if event["seq"] == 1 or event["event"] in _EXPIRY_EVENTS:
-                        pipe.expire(key, self.ttl)  # set when the stream begins, renewed at end
-                message = layer.serialize(live)
-                pipe.publish(channel, message)
-                if reply_to:
-                    pipe.publish(reply_to, message)
-                await pipe.execute()
+            await _script(client, _WRITE_SCRIPT)(keys=[key], args=args)
         except ResponseError:
             # redis-py repeats a command whose connection broke, and the first one may have
             # landed: the stream then refuses the same ids again (readers drop the duplicate
@@ -423,8 +420,7 @@ class RedisTransport:
         channel = layer._get_group_channel_name(group_name(prediction_id))
         fields = encode_event(first)
         live = layer.serialize({"type": CHANNEL_EVENT_TYPE, "p": prediction_id, **first})
-        script = clients.get_async_redis().register_script(_BEGIN_SCRIPT)
-        stopped, last_id, published = await script(
+        stopped, last_id, published = await _script(clients.get_async_redis(), _BEGIN_SCRIPT)(
             keys=[stream_key(prediction_id), stop_key],
             args=[self.max_len, self.ttl, fields["e"], fields["d"], channel, live, reply_to or ""],
         )
@@ -617,6 +613,41 @@ if ARGV[7] ~= '' then
 end
 return {0, '0-1', 1}
 """
+
+
+# KEYS: the stream. ARGV: max length, TTL, whether to (re)set the TTL, the group's channel, the
+# asker's inbox (or ""), the live message, then four per event: its entry id, name, data and
+# result (or ""). One command where a pipeline took one per entry, TTL and channel: redis-py's
+# client spends more per command (packing, a timeout and a parse per reply) than Redis does.
+_WRITE_SCRIPT = """
+for i = 7, #ARGV, 4 do
+  if ARGV[i + 3] == '' then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], ARGV[i], 'e', ARGV[i + 1], 'd', ARGV[i + 2])
+  else
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], ARGV[i], 'e', ARGV[i + 1], 'd', ARGV[i + 2],
+      'r', ARGV[i + 3])
+  end
+end
+if ARGV[3] == '1' then
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
+redis.call('PUBLISH', ARGV[4], ARGV[6])
+if ARGV[5] ~= '' then
+  redis.call('PUBLISH', ARGV[5], ARGV[6])
+end
+return 1
+"""
+
+# Each script registered once per client (registering hashes it).
+_scripts: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def _script(client: Any, source: str) -> Any:
+    registered = _scripts.setdefault(client, {})
+    script = registered.get(source)
+    if script is None:
+        script = registered[source] = client.register_script(source)
+    return script
 
 
 def _seq_of_last(entries: list[Any]) -> int:
