@@ -18,6 +18,8 @@ from .types import Message
 logger = logging.getLogger(__name__)
 
 DETAIL_LIMIT = 200
+# Compact UTF-8 JSON; one encoder, as json.dumps with options builds one per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 # After `data: [DONE]`, how long the rest of a streamed body may take before it is dropped.
 DRAIN_SECONDS = 1.0
 
@@ -98,7 +100,7 @@ class OpenAIChatModel:
     def request_content(self, messages: Sequence[Message], *, stream: bool) -> bytes:
         """Return the request body as sent (JSON, compact, UTF-8)."""
         body = self.request_body(messages, stream=stream)
-        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        return _ENCODER.encode(body).encode()
 
     def request_headers(self, *, stream: bool) -> dict[str, str]:
         """Return extra headers (baseOptions), Accept, Content-Type, and Authorization when
