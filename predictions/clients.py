@@ -9,9 +9,8 @@ import functools
 import os
 import ssl
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import certifi
 import redis
 import redis.asyncio as aredis
@@ -22,6 +21,9 @@ from redis.retry import Retry
 
 from predictions.engine import EngineConfig
 from predictions.engine.runner import new_http_session
+
+if TYPE_CHECKING:
+    import aiohttp
 
 _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aredis.Redis] = (
     weakref.WeakKeyDictionary()
@@ -92,6 +94,8 @@ def get_http_client() -> aiohttp.ClientSession:
     3.3 ms streamed), aiohttp 0.1 and 0.2 ms (bench/README.md), and one pool serves any number
     of predictions at once.
     """
+    import aiohttp  # here, not at the top: see openai_chat.transport_errors
+
     loop = asyncio.get_running_loop()
     session = _http_clients.get(loop)
     if session is None or session.closed:

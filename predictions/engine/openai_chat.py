@@ -8,12 +8,13 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from .errors import ProviderError, node_label
 from .types import Message
+
+if TYPE_CHECKING:
+    import aiohttp
 
 logger = logging.getLogger(__name__)
 
@@ -32,13 +33,20 @@ class Timeout:
     read: float
 
     def client_timeout(self) -> aiohttp.ClientTimeout:
+        import aiohttp
+
         return aiohttp.ClientTimeout(
             total=None, connect=self.connect, sock_connect=self.connect, sock_read=self.read
         )
 
 
-# Every failure of the exchange itself; aiohttp's timeouts are both ClientError and TimeoutError.
-TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError)
+def transport_errors() -> tuple[type[BaseException], ...]:
+    """Every failure of the exchange itself; aiohttp's timeouts are both ClientError and
+    TimeoutError. (aiohttp is imported where a request is made: a web process in queue mode
+    never makes one and is 7 MB smaller without it.)"""
+    import aiohttp
+
+    return (aiohttp.ClientError, TimeoutError)
 
 
 @dataclass(frozen=True)
@@ -125,7 +133,7 @@ class OpenAIChatModel:
                 timeout=timeout.client_timeout(),
             ) as response:
                 status, body = response.status, await response.read()
-        except TRANSPORT_ERRORS as exc:
+        except transport_errors() as exc:
             raise self._transport_error(exc) from exc
         if status >= 400:
             raise self._status_error(status, body)
@@ -176,7 +184,7 @@ class OpenAIChatModel:
                     async with asyncio.timeout(DRAIN_SECONDS):
                         async for _ in lines:
                             pass
-        except TRANSPORT_ERRORS as exc:
+        except transport_errors() as exc:
             raise self._transport_error(exc) from exc
 
     def _chunk_content(self, payload: str) -> str | None:
@@ -248,6 +256,8 @@ class OpenAIChatModel:
         return ProviderError(self._redact(message), code=code, node_id=self.node_id)
 
     def _transport_error(self, exc: Exception) -> ProviderError:
+        import aiohttp
+
         if isinstance(exc, aiohttp.ConnectionTimeoutError):
             code = "provider_timeout"
             problem = f"did not accept a connection within {self.settings.timeout.connect}s"

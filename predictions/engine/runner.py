@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from .errors import FlowValidationError
 from .flow import Flow
 from .nodes import NODE_TYPES, BuildContext, Chain, RunContext
 from .overrides import flow_inputs
 from .types import Emit, EngineConfig, RunInput, RunResult
+
+if TYPE_CHECKING:
+    import aiohttp
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +22,8 @@ def new_http_session(config: EngineConfig, **kwargs: Any) -> aiohttp.ClientSessi
 
     HTTP(S)_PROXY, NO_PROXY and .netrc are honoured (`trust_env`), as they were by httpx.
     """
+    import aiohttp  # here, not at the top: see openai_chat.transport_errors
+
     timeout = aiohttp.ClientTimeout(
         total=None,
         connect=config.connect_timeout,

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
-
-import aiohttp
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import FlowValidationError, node_label
 from ..inputs import InputReader
 from ..types import ChatTurn, EngineConfig
+
+if TYPE_CHECKING:
+    import aiohttp
 
 # What a node's instance is, for checking that a reference points at the right kind of node.
 CHAT_MODEL = "chat_model"
