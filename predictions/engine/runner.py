@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import FlowValidationError
@@ -20,7 +22,8 @@ logger = logging.getLogger(__name__)
 def new_http_session(config: EngineConfig, **kwargs: Any) -> aiohttp.ClientSession:
     """Return an HTTP session for model servers with `config`'s timeouts.
 
-    HTTP(S)_PROXY, NO_PROXY and .netrc are honoured (`trust_env`), as they were by httpx.
+    HTTP(S)_PROXY, NO_PROXY and .netrc are honoured (`trust_env`), as they were by httpx,
+    where the environment has any of them (`environment_has_proxies_or_netrc`).
     """
     import aiohttp  # here, not at the top: see openai_chat.transport_errors
 
@@ -30,7 +33,26 @@ def new_http_session(config: EngineConfig, **kwargs: Any) -> aiohttp.ClientSessi
         sock_connect=config.connect_timeout,
         sock_read=config.read_timeout,
     )
-    return aiohttp.ClientSession(timeout=timeout, trust_env=True, **kwargs)
+    return aiohttp.ClientSession(
+        timeout=timeout, trust_env=environment_has_proxies_or_netrc(), **kwargs
+    )
+
+
+def environment_has_proxies_or_netrc() -> bool:
+    """Whether there is anything for aiohttp's `trust_env` to read: a `*_proxy` variable (any
+    case) or a netrc file (NETRC, else ~/.netrc).
+
+    With `trust_env` on, aiohttp looks up both on every request, each in a thread of its own
+    (the netrc file read from disk each time): two thread hops per model request for nothing
+    where neither exists.
+    """
+    if any(name.lower().endswith("_proxy") and value for name, value in os.environ.items()):
+        return True
+    netrc = os.environ.get("NETRC")
+    try:
+        return Path(netrc).is_file() if netrc else (Path.home() / ".netrc").is_file()
+    except (OSError, RuntimeError):  # no home directory
+        return False
 
 
 class _HttpClient:
