@@ -67,6 +67,7 @@ import redis.exceptions
 from rq.command import handle_command, parse_payload
 from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.exceptions import DequeueTimeout
+from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
 from rq.suspension import is_suspended
@@ -82,7 +83,6 @@ from .perform import perform
 
 if TYPE_CHECKING:
     from redis import Redis
-    from rq.executions import Execution
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +128,7 @@ class _InFlight:
     job: Job
     queue: Queue
     task: asyncio.Task[None] | None = None
+    started: Execution | BaseException | None = None  # what the dequeue thread's start gave
     execution: Execution | None = None
     phase: _Phase = _Phase.PREPARING
     cancel_reason: _CancelReason | None = None
@@ -508,18 +509,21 @@ class ConcurrentWorker(BaseWorker):
                     logger.info("worker %s: idle for %d s, quitting", self.name, max_idle_time)
                     break
                 continue
-            job, queue = claimed
+            job, queue, started = claimed
             if self._stopping:
-                await self._put_back(job, queue)
+                await self._put_back(job, queue, started)
                 break
-            self._start(job, queue)
+            self._start(job, queue, started)
             idle_since = loop.time()
             if max_jobs is not None and self._claimed >= max_jobs:
                 logger.info("worker %s: claimed %d job(s) (max_jobs)", self.name, self._claimed)
                 break
 
-    def _dequeue(self, timeout: float | None) -> tuple[Job, Queue] | object | None:
-        """Claim one job, blocking at most `timeout` seconds (helper thread)."""
+    def _dequeue(
+        self, timeout: float | None
+    ) -> tuple[Job, Queue, Execution | BaseException] | object | None:
+        """Claim one job, blocking at most `timeout` seconds, and start it: its execution, or
+        what its start raised (dequeue thread: one trip to a thread per job, not two)."""
         if time.monotonic() - self._suspension_checked_at >= SUSPENSION_CHECK_SECONDS:
             self._suspension_checked_at = time.monotonic()
             self._update_suspension(is_suspended(self.connection, self))
@@ -542,7 +546,12 @@ class ConcurrentWorker(BaseWorker):
         self.reorder_queues(reference_queue=queue)
         job.redis_server_version = self.get_redis_server_version()
         logger.info("worker %s: job %s claimed from %s", self.name, job.id, queue.name)
-        return claimed
+        if self._stopping:  # goes back unstarted (_admit)
+            return job, queue, None
+        try:
+            return job, queue, self._start_execution(job, queue)
+        except Exception as exc:
+            return job, queue, exc
 
     def _update_suspension(self, suspended: bool) -> None:
         if suspended == self._suspended:
@@ -556,10 +565,19 @@ class ConcurrentWorker(BaseWorker):
                 logger.info("worker %s: resumed", self.name)
                 self.set_state(WorkerStatus.BUSY if self._in_flight else WorkerStatus.IDLE)
 
-    async def _put_back(self, job: Job, queue: Queue) -> None:
+    async def _put_back(
+        self, job: Job, queue: Queue, started: Execution | BaseException | None
+    ) -> None:
         """Return a job that a dequeue claimed after shutdown began, so it is not lost."""
         try:
-            await self._in_thread(self._bookkeeping, bookkeeping.return_to_queue, self, job, queue)
+            if isinstance(started, Execution):
+                await self._in_thread(
+                    self._bookkeeping, bookkeeping.requeue_execution, self, job, queue, started
+                )
+            else:
+                await self._in_thread(
+                    self._bookkeeping, bookkeeping.return_to_queue, self, job, queue
+                )
         except Exception:
             logger.exception(
                 "worker %s: could not return job %s; rq's intermediate-queue cleanup will fail it",
@@ -567,8 +585,8 @@ class ConcurrentWorker(BaseWorker):
                 job.id,
             )
 
-    def _start(self, job: Job, queue: Queue) -> None:
-        record = _InFlight(job=job, queue=queue)
+    def _start(self, job: Job, queue: Queue, started: Execution | BaseException | None) -> None:
+        record = _InFlight(job=job, queue=queue, started=started)
         self._in_flight[record] = None
         self._claimed += 1
         record.task = asyncio.get_running_loop().create_task(
@@ -581,7 +599,14 @@ class ConcurrentWorker(BaseWorker):
         job, queue = record.job, record.queue
         try:
             try:
-                await self._in_thread(self._bookkeeping, self._prepare, record)
+                if isinstance(record.started, Execution):
+                    record.execution = record.started
+                elif record.started is not None:
+                    raise record.started
+                else:  # claimed while stopping began (not here: _admit puts those back)
+                    record.execution = await self._in_thread(
+                        self._bookkeeping, self._start_execution, job, queue
+                    )
             except REDIS_DOWN as exc:
                 # Never started: the id stays in the intermediate queue (or, if the start did
                 # reach Redis, its execution stops heartbeating); the sweep requeues it or
@@ -615,10 +640,10 @@ class ConcurrentWorker(BaseWorker):
             if not self._in_flight and self._loop is not None and self._loop.is_running():
                 self._spawn(self._in_thread(self._bookkeeping, self._mark_idle))
 
-    def _prepare(self, record: _InFlight) -> None:
-        """rq's two preparation steps, in one transaction (bookkeeping thread)."""
-        record.execution = bookkeeping.start_execution(
-            self, record.job, record.queue, remove_from_intermediate_queue=len(self.queues) == 1
+    def _start_execution(self, job: Job, queue: Queue) -> Execution:
+        """rq's two preparation steps, in one transaction (a helper thread)."""
+        return bookkeeping.start_execution(
+            self, job, queue, remove_from_intermediate_queue=len(self.queues) == 1
         )
 
     async def _perform_and_record(self, record: _InFlight) -> None:

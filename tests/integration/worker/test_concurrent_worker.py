@@ -18,7 +18,12 @@ from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegist
 from rq.results import Result
 from rq.utils import as_text, now
 
-from predictions.worker import CANCELLED_TO_REQUEUE, CANCELLED_TO_STOP, ConcurrentWorker
+from predictions.worker import (
+    CANCELLED_TO_REQUEUE,
+    CANCELLED_TO_STOP,
+    ConcurrentWorker,
+    bookkeeping,
+)
 from tests.integration.worker import jobs
 from tests.integration.worker.helpers import running, wait_until
 
@@ -172,6 +177,30 @@ def test_success_callbacks_and_retry_results_take_rqs_own_path(
     retried.refresh()
     assert retried.get_status() == JobStatus.FINISHED
     assert retried.return_value() == "second"
+
+
+def test_a_job_whose_start_fails_is_failed_and_the_worker_goes_on(
+    queue: Queue, make_worker: MakeWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = queue.enqueue(jobs.sleep_job, 0)
+    fine = queue.enqueue(jobs.sleep_job, 0)
+    real_start = bookkeeping.start_execution
+
+    def start_execution(worker, job, *args, **kwargs):
+        if job.id == broken.id:
+            raise ValueError("no start for you")
+        return real_start(worker, job, *args, **kwargs)
+
+    monkeypatch.setattr(bookkeeping, "start_execution", start_execution)
+
+    make_worker().work(burst=True)
+
+    broken.refresh()
+    assert broken.get_status() == JobStatus.FAILED
+    result = broken.latest_result()
+    assert result is not None
+    assert "no start for you" in (result.exc_string or "")
+    assert fine.get_status() == JobStatus.FINISHED
 
 
 def test_a_started_job_has_rqs_records_and_a_finished_one_none_left(
