@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import pytest
+import redis
 from asgiref.sync import sync_to_async
 from django.test import AsyncClient
 from rq.job import Job
@@ -80,7 +81,17 @@ async def test_queue_prediction_answers_like_main_mode(worker, settings):
     assert roles == ["userMessage", "apiMessage"]
 
 
-async def test_queue_job_carries_only_the_prediction_id_and_the_askers_inbox(rq_queue, settings):
+async def test_queue_job_carries_only_the_prediction_id_and_the_askers_inbox(
+    rq_queue, settings, monkeypatch
+):
+    sent = []  # the commands of each transaction the web side sends
+    execute = redis.client.Pipeline.execute
+
+    def recording(pipe, *args, **kwargs):
+        sent.append([str(command[0]).upper() for command, _ in pipe.command_stack])
+        return execute(pipe, *args, **kwargs)
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", recording)
     chatflow = await make_flow()
     client = AsyncClient()
     settings.PREDICTION_TIMEOUT = 1
@@ -95,6 +106,13 @@ async def test_queue_job_carries_only_the_prediction_id_and_the_askers_inbox(rq_
     assert job.args == (str(prediction.id),)
     assert job.kwargs == {"reply_to": events._inboxes[asyncio.get_running_loop()].channel}
     assert "secret q" not in json.dumps(job.to_dict(), default=str)
+    # Enqueued for good, in one transaction with the queue's registration (not two).
+    assert len(sent) == 1, sent
+    assert {"SADD", "HSET", "RPUSH"} <= set(sent[0])
+    assert rq_queue.job_ids == [str(prediction.id)]
+    assert rq_queue.connection.sismember("rq:queues", rq_queue.key)
+    assert job.get_status() == "queued"
+    assert job.timeout == settings.PREDICTION_TIMEOUT + 60
 
 
 async def test_queue_streaming_frames_in_order(worker):
