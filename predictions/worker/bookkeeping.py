@@ -45,8 +45,8 @@ def start_execution(
     ttl = worker.get_heartbeat_ttl(job)
     with worker.connection.pipeline() as pipeline:
         execution = Execution.create(job, ttl, pipeline=pipeline, worker_name=worker.name)
-        # Under the lock only the check: a later IDLE waits for an empty in-flight set, and this
-        # job is in it already.
+        # Under the lock only the check: a later IDLE waits until nothing is starting or in
+        # flight, and this job counts as starting (the worker's `_starting`) already.
         with worker._state_lock:
             if worker.get_state() != WorkerStatus.BUSY:
                 worker.set_state(WorkerStatus.BUSY, pipeline=pipeline)
@@ -64,38 +64,50 @@ def record_success(
 ) -> bool:
     """Record a job that returned as rq's `_finalize_success` does, in one transaction where rq
     takes four round trips; return False, recording nothing, for a job that needs rq's own path
-    (a `Retry` result, a success callback, repeats).
+    (a `Retry` result, a success callback, repeats, a result kept for 0 s: rq deletes such a job,
+    its dependents' list with it, so only its WATCHed read finds them).
 
     rq reads the job's dependents under WATCH before it commits. Here the transaction counts
     them instead, and only a job that has some hands them to rq's move afterwards: a dependent
-    enqueued after the commit sees the job FINISHED and is enqueued at once by rq itself.
+    enqueued after the commit sees the job FINISHED and is enqueued at once by rq itself. What
+    follows the commit only logs its failures: the success is recorded, and must not be again.
     """
-    if isinstance(return_value, Retry) or job.success_callback is not None or job.repeats_left:
+    result_ttl = job.get_result_ttl(worker.default_result_ttl)
+    if (
+        isinstance(return_value, Retry)
+        or job.success_callback is not None
+        or job.repeats_left
+        or result_ttl == 0
+    ):
         return False
     job.ended_at = now()
     job._result = return_value
     job._status = JobStatus.FINISHED
-    result_ttl = job.get_result_ttl(worker.default_result_ttl)
     with worker.connection.pipeline() as pipeline:
         worker.increment_successful_job_count(pipeline=pipeline)
         worker.increment_total_working_time(job.ended_at - job.started_at, pipeline)  # type: ignore[operator]
-        if result_ttl != 0:
-            job._handle_success(
-                result_ttl,
-                pipeline=pipeline,
-                worker_name=worker.name,
-                execution_id=execution.id,
-                execution_started_at=execution.created_at,
-                execution_ended_at=job.ended_at,
-            )
+        job._handle_success(
+            result_ttl,
+            pipeline=pipeline,
+            worker_name=worker.name,
+            execution_id=execution.id,
+            execution_started_at=execution.created_at,
+            execution_ended_at=job.ended_at,
+        )
         job.cleanup(result_ttl, pipeline=pipeline, remove_from_queue=False)
         worker.cleanup_execution(job, pipeline=pipeline, execution=execution)
         pipeline.scard(job.dependents_key)
         dependents = pipeline.execute()[-1]
     if dependents:
-        queue.enqueue_ready_jobs_by_queue(queue.move_dependents_to_ready(job))
-    release_slot(job)
-    job.send_webhooks(JobStatus.FINISHED)
+        try:
+            queue.enqueue_ready_jobs_by_queue(queue.move_dependents_to_ready(job))
+        except Exception:  # as rq's _enqueue_dependents_safely
+            logger.exception("job %s: finished, but its dependents could not be enqueued", job.id)
+    try:
+        release_slot(job)
+        job.send_webhooks(JobStatus.FINISHED)
+    except Exception:
+        logger.exception("job %s: finished, but its rate-limit slot or webhooks failed", job.id)
     worker.log.info(
         "Successfully completed job %s in %ss on worker %s",
         job.id,

@@ -191,6 +191,9 @@ class ConcurrentWorker(BaseWorker):
         self._bookkeeping_threads = bookkeeping_threads
 
         self._in_flight: dict[_InFlight, None] = {}
+        # Jobs the dequeue thread started in Redis that are not in flight yet, by id (True once a
+        # stop was asked for): no IDLE is written while there are any, and a stop waits for them.
+        self._starting: dict[str, bool] = {}
         self._state_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._bridge: LoopBridge | None = None
@@ -300,9 +303,7 @@ class ConcurrentWorker(BaseWorker):
 
         Callable from the worker's loop or any thread.
         """
-        return bool(
-            self._on_loop(self._cancel_where, lambda r: r.job.id == job_id, _CancelReason.STOP)
-        )
+        return bool(self._on_loop(self._stop_job, job_id))
 
     def request_shutdown(self, force: bool = False) -> None:
         """Begin a graceful shutdown (a forced one with `force`), as SIGTERM does; thread-safe."""
@@ -360,7 +361,7 @@ class ConcurrentWorker(BaseWorker):
         if command == "stop-job":
             job_id = str(payload.get("job_id") or "")
             logger.info("worker %s: stop requested for job %s", self.name, job_id)
-            self._call_soon(self._cancel_where, lambda r: r.job.id == job_id, _CancelReason.STOP)
+            self._call_soon(self._stop_job, job_id)
         elif command == "stop-execution":
             logger.info("worker %s: stop requested for job %s", self.name, payload.get("job_id"))
             self.request_stop_execution(str(payload.get("execution_id") or ""))
@@ -548,6 +549,7 @@ class ConcurrentWorker(BaseWorker):
         logger.info("worker %s: job %s claimed from %s", self.name, job.id, queue.name)
         if self._stopping:  # goes back unstarted (_admit)
             return job, queue, None
+        self._starting[job.id] = False  # until _start (or _put_back) takes it over
         try:
             return job, queue, self._start_execution(job, queue)
         except Exception as exc:
@@ -563,12 +565,14 @@ class ConcurrentWorker(BaseWorker):
                 self.set_state(WorkerStatus.SUSPENDED)
             else:
                 logger.info("worker %s: resumed", self.name)
-                self.set_state(WorkerStatus.BUSY if self._in_flight else WorkerStatus.IDLE)
+                busy = self._starting or self._in_flight
+                self.set_state(WorkerStatus.BUSY if busy else WorkerStatus.IDLE)
 
     async def _put_back(
         self, job: Job, queue: Queue, started: Execution | BaseException | None
     ) -> None:
         """Return a job that a dequeue claimed after shutdown began, so it is not lost."""
+        self._starting.pop(job.id, None)
         try:
             if isinstance(started, Execution):
                 await self._in_thread(
@@ -587,7 +591,9 @@ class ConcurrentWorker(BaseWorker):
 
     def _start(self, job: Job, queue: Queue, started: Execution | BaseException | None) -> None:
         record = _InFlight(job=job, queue=queue, started=started)
-        self._in_flight[record] = None
+        self._in_flight[record] = None  # before it leaves _starting (see _mark_idle)
+        if self._starting.pop(job.id, False):
+            record.cancel_reason = _CancelReason.STOP  # stopped while it was starting
         self._claimed += 1
         record.task = asyncio.get_running_loop().create_task(
             self._run(record), name=f"rq-job:{job.id}"
@@ -709,10 +715,22 @@ class ConcurrentWorker(BaseWorker):
 
     def _mark_idle(self) -> None:
         with self._state_lock:
-            if not self._in_flight and self.get_state() != WorkerStatus.SUSPENDED:
+            # _starting before _in_flight: _start fills the second before it empties the first.
+            if self._starting or self._in_flight:
+                return
+            if self.get_state() != WorkerStatus.SUSPENDED:
                 self.set_state(WorkerStatus.IDLE)
 
     # --- cancel and shutdown (on the loop) -------------------------------------------------------
+
+    def _stop_job(self, job_id: str) -> bool:
+        if job_id in self._starting:  # started in Redis, not in flight yet: stopped when it is
+            self._starting[job_id] = True
+            logger.info(
+                "worker %s: cancelling job %s (stop) once it is in flight", self.name, job_id
+            )
+            return True
+        return self._cancel_where(lambda r: r.job.id == job_id, _CancelReason.STOP)
 
     def _cancel_where(self, predicate: Callable[[_InFlight], bool], reason: _CancelReason) -> bool:
         matched = [record for record in list(self._in_flight) if predicate(record)]

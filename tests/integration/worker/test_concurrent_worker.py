@@ -17,6 +17,7 @@ from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 from rq.results import Result
 from rq.utils import as_text, now
+from rq.worker import WorkerStatus
 
 from predictions.worker import (
     CANCELLED_TO_REQUEUE,
@@ -281,6 +282,62 @@ def test_cancel_job_stops_an_in_flight_job(queue: Queue, make_worker: MakeWorker
     assert long_job.get_status() == JobStatus.STOPPED
     assert long_job.id in FailedJobRegistry(queue=queue)
     assert long_job.get_meta()["cancelled"] == CANCELLED_TO_STOP
+
+
+def test_a_stop_that_comes_while_the_job_is_starting_stops_it(
+    queue: Queue, redis_conn: Redis, make_worker: MakeWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The dequeue thread starts the job in Redis before the loop has it in flight: a stop in
+    # between is kept for it, and it never runs.
+    job = queue.enqueue(jobs.cancel_aware_job, 30)
+    worker = make_worker()
+    real_start = bookkeeping.start_execution
+    answers = []
+
+    def start_execution(w, started_job, *args, **kwargs):
+        execution = real_start(w, started_job, *args, **kwargs)
+        send_stop_job_command(redis_conn, started_job.id)  # as an operator would, now
+        wait_until(lambda: w._starting.get(started_job.id), 5, "the stop reached the worker")
+        answers.append(w.cancel_job(started_job.id))
+        return execution
+
+    monkeypatch.setattr(bookkeeping, "start_execution", start_execution)
+    with running(worker, burst=True) as runner:
+        wait_until(lambda: job.get_status() == JobStatus.STOPPED, 10, "stopped job")
+        runner.join(10)
+
+    assert answers == [True]
+    assert job.id in FailedJobRegistry(queue=queue)
+    assert "cancelled" not in job.get_meta()  # it never ran
+    assert worker._starting == {}
+
+
+def test_no_idle_state_while_a_job_is_starting(
+    queue: Queue, redis_conn: Redis, make_worker: MakeWorker
+) -> None:
+    worker = make_worker()
+    worker.register_birth()
+    worker.set_state(WorkerStatus.BUSY)
+    worker._starting["started-in-redis"] = False
+    worker._mark_idle()
+    assert worker_field(redis_conn, worker, "state") == "busy"
+    del worker._starting["started-in-redis"]
+    worker._mark_idle()
+    assert worker_field(redis_conn, worker, "state") == "idle"
+
+
+def test_a_job_whose_result_is_kept_for_no_time_releases_its_dependents(
+    queue: Queue, make_worker: MakeWorker
+) -> None:
+    # rq deletes such a job, its list of dependents with it: rq's own path moves them first.
+    parent = queue.enqueue(jobs.sleep_job, 0, result_ttl=0)
+    child = queue.enqueue(jobs.sleep_job, 0, depends_on=parent)
+    assert child.get_status() == JobStatus.DEFERRED
+
+    make_worker().work(burst=True)
+
+    assert child.get_status() == JobStatus.FINISHED
+    assert not Job.exists(parent.id, connection=queue.connection)
 
 
 def test_forced_shutdown_tells_the_job_it_is_requeued(
