@@ -393,8 +393,8 @@ class RedisTransport:
         """
         try:
             inbox = await _inbox(get_channel_layer())
-        except LAYER_DOWN as exc:
-            logger.warning("prediction %s: no inbox to answer on now (%s)", prediction_id, exc)
+        except Exception as exc:  # Redis down, or refusing the subscription (an ACL, say)
+            logger.warning("prediction %s: no inbox to answer on now (%r)", prediction_id, exc)
             return None
         inbox.open_mailbox(prediction_id)
         return inbox.channel
@@ -472,7 +472,9 @@ class RedisTransport:
         receiving: asyncio.Future[Any] | None = None
         last = after_seq
         inbox = _inboxes.get(asyncio.get_running_loop())
-        mailbox = inbox.take_mailbox(prediction_id) if inbox is not None else None
+        # The asker's first read starts at 0; a resume (after_seq > 0) may already have the end,
+        # which the mailbox's path does not look for: it joins the group.
+        mailbox = inbox.take_mailbox(prediction_id) if inbox is not None and not after_seq else None
         try:
             if mailbox is not None:
                 # Open since before the job was enqueued: every live message is in it.
@@ -793,9 +795,10 @@ async def _inbox(layer: Any) -> _Inbox:
     assert inbox.opened is not None
     try:
         await asyncio.shield(inbox.opened)
-    except LAYER_DOWN:
+    except Exception:
         if _inboxes.get(loop) is inbox:
             del _inboxes[loop]  # the next reader tries again
+            inbox.close()
         raise
     return inbox
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from channels.layers import get_channel_layer
+from redis.exceptions import ResponseError
 
 from predictions import clients, events
 from predictions.events import RedisTransport
@@ -374,3 +375,37 @@ async def test_a_mailbox_nobody_reads_is_dropped_and_a_released_one_at_once(
     reader = transport.read(PREDICTION_ID, after_seq=0, heartbeat=60.0)
     assert (await asyncio.wait_for(anext(reader), 5))["event"] == "start"
     await reader.aclose()
+
+
+async def test_an_inbox_that_cannot_open_is_no_mailbox_and_tried_again(queue_mode, monkeypatch):
+    transport = RedisTransport(max_len=100, ttl=60)
+    opened = events._Inbox.open
+
+    async def refused(inbox):
+        raise ResponseError("NOPERM this user has no permissions to access the channel")
+
+    monkeypatch.setattr(events._Inbox, "open", refused)
+    assert await transport.reserve(PREDICTION_ID) is None  # the reader joins the group instead
+    assert asyncio.get_running_loop() not in events._inboxes
+
+    monkeypatch.setattr(events._Inbox, "open", opened)
+    assert await transport.reserve(PREDICTION_ID) == _kept_channel()
+
+
+async def test_a_resume_joins_the_group_and_leaves_the_askers_mailbox(queue_mode):
+    # A resume may already have the end, which only the group's path looks for.
+    transport = RedisTransport(max_len=100, ttl=60)
+    reply_to = await transport.reserve(PREDICTION_ID)
+    sent = [Event(seq=1, event="start", data=""), Event(seq=2, event="end", data="[DONE]")]
+    await transport.publish_many(PREDICTION_ID, sent, reply_to)
+
+    async def read_all(after_seq: int) -> list[Event]:
+        return [e async for e in transport.read(PREDICTION_ID, after_seq=after_seq, heartbeat=60)]
+
+    resumed = await asyncio.wait_for(read_all(2), 5)
+
+    assert resumed == []
+    inbox = events._inboxes[asyncio.get_running_loop()]
+    assert list(inbox._mailboxes) == [PREDICTION_ID]  # still the asker's
+    asker = await asyncio.wait_for(read_all(0), 5)
+    assert [e["seq"] for e in asker] == [1, 2]
