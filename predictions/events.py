@@ -790,6 +790,10 @@ async def _inbox(layer: Any) -> _Inbox:
     if inbox is None or inbox.layer is not layer:
         if inbox is not None:
             inbox.close()
+        # An inbox's task holds its loop, so a closed loop's entry never leaves the weak
+        # dictionary by itself (short-lived loops: async_to_sync, tests).
+        for closed in [other for other in _inboxes if other.is_closed()]:
+            del _inboxes[closed]
         inbox = _inboxes[loop] = _Inbox(layer)
         inbox.opened = asyncio.ensure_future(inbox.open())
     assert inbox.opened is not None

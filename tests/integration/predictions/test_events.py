@@ -409,3 +409,17 @@ async def test_a_resume_joins_the_group_and_leaves_the_askers_mailbox(queue_mode
     assert list(inbox._mailboxes) == [PREDICTION_ID]  # still the asker's
     asker = await asyncio.wait_for(read_all(0), 5)
     assert [e["seq"] for e in asker] == [1, 2]
+
+
+async def test_the_inbox_of_a_closed_loop_is_forgotten(queue_mode):
+    async def reserve_elsewhere() -> asyncio.AbstractEventLoop:
+        await RedisTransport(max_len=100, ttl=60).reserve("elsewhere")
+        return asyncio.get_running_loop()
+
+    closed = await asyncio.to_thread(asyncio.run, reserve_elsewhere())  # a loop that ends
+    assert closed in events._inboxes
+    assert asyncio.get_running_loop() not in events._inboxes
+
+    await RedisTransport(max_len=100, ttl=60).reserve(PREDICTION_ID)
+
+    assert list(events._inboxes) == [asyncio.get_running_loop()]
