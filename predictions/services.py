@@ -169,12 +169,12 @@ def _enqueue(prediction: Prediction, reply_to: str | None = None) -> None:
     one that stores and pushes the job, unless it is given a pipeline to add both to.
     """
     import django_rq
-    from django.db import connection
     from rq import Retry
 
     queue = django_rq.get_queue(settings.QUEUE_NAME, connection=clients.get_sync_redis())
     retry = Retry(max=settings.JOB_MAX_ATTEMPTS - 1) if settings.JOB_MAX_ATTEMPTS > 1 else None
     job = {
+        "func": "predictions.jobs.prediction_run_job",
         "args": (str(prediction.id),),
         "kwargs": {"reply_to": reply_to} if reply_to else None,
         "job_id": str(prediction.id),
@@ -184,13 +184,13 @@ def _enqueue(prediction: Prediction, reply_to: str | None = None) -> None:
         "failure_ttl": settings.REMOVE_ON_AGE,
         "description": f"prediction {prediction.id} chatflow {prediction.chatflow_id}",
     }
-    if connection.in_atomic_block:
+    if transaction.get_connection().in_atomic_block:
         # django-rq enqueues once the transaction commits (RQ COMMIT_MODE): not in a pipeline
         # that would be sent now.
-        queue.enqueue_call("predictions.jobs.prediction_run_job", **job)
+        queue.enqueue_call(**job)
         return
     with queue.connection.pipeline() as pipe:
-        queue.enqueue_call("predictions.jobs.prediction_run_job", pipeline=pipe, **job)
+        queue.enqueue_call(pipeline=pipe, **job)
         pipe.execute()
 
 
