@@ -694,6 +694,8 @@ async def _until_subscribed(channel: str) -> None:
 # How long a mailbox waits for its reader before it is dropped (a streaming response that was
 # never read: its client left before the first byte).
 MAILBOX_UNREAD_SECONDS = 60.0
+# The prefix of an inbox's channel name (after the layer's own).
+INBOX_PREFIX = "inbox."
 
 
 class _Inbox:
@@ -719,8 +721,14 @@ class _Inbox:
         self._task: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
-        self.channel = await self.layer.new_channel("inbox.")
-        await _until_subscribed(self.channel)
+        loop_layer = _loop_layer(self.layer)
+        known = set(getattr(loop_layer, "channels", ()))
+        try:
+            self.channel = await self.layer.new_channel(INBOX_PREFIX)
+            await _until_subscribed(self.channel)
+        except BaseException:
+            await _forget_new_inboxes(loop_layer, known)
+            raise
         self._task = asyncio.get_running_loop().create_task(
             self._deliver(_loop_receive(self.layer))
         )
@@ -773,11 +781,34 @@ class _Inbox:
             self.put(message)
 
 
+def _loop_layer(layer: Any) -> Any:
+    """This loop's layer, where channels-redis keeps one per loop (else `layer` itself)."""
+    get_layer = getattr(layer, "_get_layer", None)
+    return get_layer() if get_layer is not None else layer
+
+
 def _loop_receive(layer: Any) -> Callable[[str], Awaitable[dict[str, Any]]]:
-    """`layer.receive`, bound to this loop's layer where channels-redis keeps one per loop: its
-    proxy looks the loop's layer up on every call (2-3 % of a web process's CPU, streaming)."""
-    loop_layer = getattr(layer, "_get_layer", None)
-    return loop_layer().receive if loop_layer is not None else layer.receive
+    """`layer.receive`, bound to this loop's layer: channels-redis' proxy looks the loop's
+    layer up on every call (2-3 % of a web process's CPU, streaming)."""
+    return _loop_layer(layer).receive
+
+
+async def _forget_new_inboxes(loop_layer: Any, known: set[str]) -> None:
+    """Drop the inbox channels the layer took on since `known`, for an inbox that did not open.
+
+    channels-redis keeps a channel from `new_channel` on even when its SUBSCRIBE failed, and
+    only a cancelled `receive` lets go of one: without this, every request while Redis refuses
+    subscriptions (down, an ACL) left a channel behind for the life of the process.
+    """
+    channels = getattr(loop_layer, "channels", None)
+    if channels is None:
+        return
+    for name in [c for c in channels if c not in known and INBOX_PREFIX in c]:
+        del channels[name]
+        try:  # subscribed, if the failure came after: leave it (a no-op when it is not)
+            await loop_layer._get_shard(name).unsubscribe(name)
+        except Exception as exc:  # Redis still down: its messages go nowhere now
+            logger.debug("inbox %s: not unsubscribed (%r)", name, exc)
 
 
 _inboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Inbox] = weakref.WeakKeyDictionary()

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 from channels.layers import get_channel_layer
-from redis.exceptions import ResponseError
+from channels_redis.pubsub import RedisSingleShardConnection
+from redis.exceptions import ConnectionError, ResponseError
 
 from predictions import clients, events
 from predictions.events import RedisTransport
@@ -390,6 +391,24 @@ async def test_an_inbox_that_cannot_open_is_no_mailbox_and_tried_again(queue_mod
 
     monkeypatch.setattr(events._Inbox, "open", opened)
     assert await transport.reserve(PREDICTION_ID) == _kept_channel()
+
+
+async def test_an_inbox_refused_by_redis_leaves_no_channel_behind(queue_mode, monkeypatch):
+    transport = RedisTransport(max_len=100, ttl=60)
+    loop_layer = get_channel_layer()._get_layer()
+    subscribe = RedisSingleShardConnection.subscribe
+
+    async def refused(shard, channel):
+        raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(RedisSingleShardConnection, "subscribe", refused)
+    for _ in range(3):  # a request each, while Redis is down
+        assert await transport.reserve(PREDICTION_ID) is None
+    assert [c for c in loop_layer.channels if events.INBOX_PREFIX in c] == []
+
+    monkeypatch.setattr(RedisSingleShardConnection, "subscribe", subscribe)
+    reply_to = await transport.reserve(PREDICTION_ID)
+    assert [c for c in loop_layer.channels if events.INBOX_PREFIX in c] == [reply_to]
 
 
 async def test_a_resume_joins_the_group_and_leaves_the_askers_mailbox(queue_mode):
