@@ -46,8 +46,11 @@ _EXPIRY_EVENTS = frozenset({TERMINAL_EVENT, "retry", "start"})
 PUBLISH_RETRY_SECONDS = 30.0
 RETRY_FIRST_DELAY = 0.1
 RETRY_MAX_DELAY = 1.0
-# How long a reader waits for a live message before it looks in the stream for one it missed.
+# How long a reader waits for a live message before it looks in the stream for one it missed;
+# each look that finds nothing doubles the wait, up to CATCH_UP_MAX_SECONDS, and a message sets
+# it back. (Every second, each answer waiting in a long queue cost its web process a Redis read.)
 CATCH_UP_SECONDS = 1.0
+CATCH_UP_MAX_SECONDS = 8.0
 # Errors that mean "Redis is not reachable right now" (socket errors, timeouts, refused).
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 # Joining or leaving a group while the layer reconnects can also meet channels-redis' own receive
@@ -519,17 +522,21 @@ class RedisTransport:
                     return  # the reader already has the end (a resume after the last frame)
             loop = asyncio.get_running_loop()
             beat_at = loop.time() + heartbeat
+            catch_up = CATCH_UP_SECONDS
             while True:
                 # One receive stays pending across quiet periods: cancelling it would make the
                 # layer unsubscribe the channel, and whatever arrived meanwhile would be dropped.
                 if receiving is None:
                     receiving = asyncio.ensure_future(receive())
-                wait = min(CATCH_UP_SECONDS, max(0.0, beat_at - loop.time()))
+                wait = min(catch_up, max(0.0, beat_at - loop.time()))
                 done, _ = await asyncio.wait({receiving}, timeout=_quiet(wait, deadline))
                 if not done:
                     # Quiet: catch up from the stream in case a live message was lost (the gap
                     # check below only sees a loss once a later message comes, never the last).
                     caught_up = await self._try_replay(prediction_id, last) or ()
+                    catch_up = (
+                        CATCH_UP_SECONDS if caught_up else min(catch_up * 2, CATCH_UP_MAX_SECONDS)
+                    )
                     if caught_up:
                         logger.info(
                             "prediction %s: %d event(s) after %d read from the stream, not live",
@@ -552,6 +559,7 @@ class RedisTransport:
                     continue
                 message, receiving = receiving.result(), None
                 beat_at = loop.time() + heartbeat
+                catch_up = CATCH_UP_SECONDS
                 if message.get("type") != CHANNEL_EVENT_TYPE:
                     continue
                 for event in _live_events(message):

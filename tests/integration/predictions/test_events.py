@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 from typing import Any
 
 import pytest
@@ -206,6 +207,48 @@ async def test_a_reader_catches_up_on_a_lost_last_message_long_before_its_heartb
     got = await asyncio.wait_for(waiting, 10)
     assert got is not None
     assert (got["seq"], got["event"]) == (2, "end")
+
+
+async def test_a_quiet_reader_looks_in_the_stream_less_and_less_often_until_a_message(
+    queue_mode, monkeypatch
+):
+    # E.g. the answer to a prediction that waits in a long queue: nothing to catch up on.
+    monkeypatch.setattr(events, "CATCH_UP_SECONDS", 0.05)
+    monkeypatch.setattr(events, "CATCH_UP_MAX_SECONDS", 30.0)
+    transport = RedisTransport(max_len=100, ttl=60)
+    loop = asyncio.get_running_loop()
+    looked: list[float] = []
+    replay = transport._try_replay
+
+    async def counted(prediction_id: str, after_seq: int, until_seq: int | None = None):
+        if until_seq is None:  # not a gap's
+            looked.append(loop.time())
+        return await replay(prediction_id, after_seq, until_seq)
+
+    monkeypatch.setattr(transport, "_try_replay", counted)
+    reader = transport.read(PREDICTION_ID, after_seq=0, heartbeat=60.0)
+    waiting = asyncio.ensure_future(anext(reader))
+
+    async def looked_six_times() -> bool:  # the join's replay, then five quiet looks
+        return len(looked) >= 6
+
+    await wait_until(looked_six_times)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(looked[1:6])]
+    for gap, doubled in zip(gaps, [0.1, 0.2, 0.4, 0.8], strict=True):
+        assert gap >= doubled * 0.9
+
+    # A live message sets the wait back: the next look comes in 0.05 s, not 3.2 s.
+    await transport.publish(PREDICTION_ID, Event(seq=1, event="start", data=""))
+    assert (await asyncio.wait_for(waiting, 5))["seq"] == 1
+    sent_at = loop.time()
+    waiting = asyncio.ensure_future(anext(reader))
+
+    async def looked_again() -> bool:
+        return looked[-1] > sent_at
+
+    await wait_until(looked_again, within=1.5)
+    await transport.publish(PREDICTION_ID, Event(seq=2, event="end", data="[DONE]"))
+    assert (await asyncio.wait_for(waiting, 5))["seq"] == 2
 
 
 async def test_a_reader_replays_only_once_redis_has_its_subscription(queue_mode, monkeypatch):
