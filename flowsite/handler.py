@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from contextvars import ContextVar
+from typing import Any, TypeVar
 
 from asgiref.sync import ThreadSensitiveContext
 from django.core.handlers.asgi import ASGIHandler, ASGIRequest
 
 # Idle request threads kept for the next requests; more are ended as their requests finish.
 IDLE_THREADS_KEPT = 64
+
+T = TypeVar("T")
 
 
 class RequestThreads:
@@ -20,22 +24,25 @@ class RequestThreads:
     middleware and signal receivers run on one thread, started for the request and joined (from
     yet another thread) when it ends. That was two thread starts per prediction request, about
     a twentieth of the web process's CPU. Lending each request an executor that served an
-    earlier one keeps the one-thread-per-request rule without the starts.
+    earlier one keeps the one-thread-per-request rule without the starts (see RequestThread).
     """
 
     def __init__(self, idle_kept: int = IDLE_THREADS_KEPT) -> None:
         self.idle_kept = idle_kept
         self._idle: list[ThreadPoolExecutor] = []
+        self._lent = 0
         self._lock = threading.Lock()
 
     def acquire(self) -> ThreadPoolExecutor:
         with self._lock:
+            self._lent += 1
             if self._idle:
                 return self._idle.pop()
         return ThreadPoolExecutor(max_workers=1, thread_name_prefix="request")
 
     def release(self, executor: ThreadPoolExecutor) -> None:
         with self._lock:
+            self._lent -= 1
             if len(self._idle) < self.idle_kept:
                 self._idle.append(executor)
                 return
@@ -44,6 +51,50 @@ class RequestThreads:
     @property
     def idle(self) -> int:
         return len(self._idle)
+
+    @property
+    def lent(self) -> int:
+        return self._lent
+
+
+class RequestThread(Executor):
+    """One request's executor for its thread-sensitive calls: a thread from `RequestThreads`,
+    taken at the request's first such call and kept until the request ends, or until the
+    request hands it back between calls to wait for something long (`hand_back_request_thread`).
+
+    A request that waits for a prediction's answer held its thread all along: with a thousand
+    callers waiting, a thousand threads (about 100 MB), and a thread started for nearly every
+    request when they came in bursts (a quarter of the web process's CPU).
+    """
+
+    def __init__(self, threads: RequestThreads) -> None:
+        self._threads = threads
+        self._executor: ThreadPoolExecutor | None = None
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        if self._executor is None:
+            self._executor = self._threads.acquire()
+        return self._executor.submit(fn, *args, **kwargs)
+
+    def hand_back(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            self._threads.release(executor)
+
+
+_request_thread: ContextVar[RequestThread | None] = ContextVar("request_thread", default=None)
+
+
+def hand_back_request_thread() -> None:
+    """Let the current request's thread serve other requests while this one waits.
+
+    Call it between the request's thread-sensitive calls, once the request left nothing on the
+    thread (its database connections closed); its next such call takes a thread again, not
+    necessarily the same one. Outside a request of `PooledThreadsASGIHandler`, nothing happens.
+    """
+    thread = _request_thread.get()
+    if thread is not None:
+        thread.hand_back()
 
 
 class ASGIRequestWithoutCycles(ASGIRequest):
@@ -94,9 +145,11 @@ class PooledThreadsASGIHandler(ASGIHandler):
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
-        executor = self.threads.acquire()
+        thread = RequestThread(self.threads)
+        token = _request_thread.set(thread)
         try:
-            async with ThreadSensitiveContext(executor=executor):
+            async with ThreadSensitiveContext(executor=thread):
                 await self.handle(scope, receive, send)
         finally:
-            self.threads.release(executor)
+            _request_thread.reset(token)
+            thread.hand_back()

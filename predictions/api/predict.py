@@ -20,6 +20,7 @@ from django.http.multipartparser import MultiPartParserError
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import serializers
 
+from flowsite.handler import hand_back_request_thread
 from predictions import clients, ratelimit, relay, selectors, services
 from predictions.api import limits
 from predictions.auth import aauthorize_chatflow
@@ -322,6 +323,7 @@ async def _arelease_database() -> None:
     hold as many database connections. Later queries of the request reconnect.
     """
     await sync_to_async(connections.close_all)()
+    hand_back_request_thread()
 
 
 def _create_released(
@@ -441,6 +443,7 @@ async def prediction_create(request: HttpRequest, chatflow_id: str) -> HttpRespo
             # Deleted by another process since this one read it (achatflow_get_recent).
             selectors.chatflow_forget(chatflow.id)
             raise chatflow_not_found(chatflow_id) from None
+    hand_back_request_thread()  # its connection is closed; no thread while it waits
     await relay.astart(prediction)
     if prediction.streaming:
         response: HttpResponse = _sse_response(prediction_id, 0, owner=True)

@@ -9,11 +9,21 @@ import weakref
 from types import SimpleNamespace
 
 import pytest
+from asgiref.sync import sync_to_async
 from asgiref.testing import ApplicationCommunicator
 from django.core import signals
+from django.db import connections
+from django.http import HttpResponse
+from django.urls import path
 
-from flowsite.handler import PooledThreadsASGIHandler, RequestThreads
+from flowsite.handler import (
+    PooledThreadsASGIHandler,
+    RequestThread,
+    RequestThreads,
+    hand_back_request_thread,
+)
 from flowsite.runtime import skip_twisted_form_parsing
+from tests.unit.helpers import wait_until
 
 
 def _scope(path: str) -> dict:
@@ -149,3 +159,53 @@ def test_daphne_requests_leave_post_bodies_to_django(monkeypatch):
 
     assert http_protocol.WebRequest.__mro__[1].__name__ == "WebRequest"  # one subclass, not two
     assert passed == {"parsePOSTFormSubmission": False}
+
+
+def test_a_request_thread_runs_every_call_on_one_thread_until_handed_back():
+    threads = RequestThreads(idle_kept=4)
+    thread = RequestThread(threads)
+
+    first = [thread.submit(threading.get_ident).result(5) for _ in range(3)]
+    assert len(set(first)) == 1
+    assert (threads.lent, threads.idle) == (1, 0)
+
+    thread.hand_back()
+    assert (threads.lent, threads.idle) == (0, 1)
+    other = threads.acquire()  # another request's, meanwhile
+    assert other.submit(threading.get_ident).result(5) == first[0]
+
+    assert thread.submit(threading.get_ident).result(5) != first[0]  # a thread again: another
+    thread.hand_back()
+    threads.release(other)
+    assert (threads.lent, threads.idle) == (0, 2)
+
+
+_waiting = SimpleNamespace(event=None, handed_back=0)
+
+
+async def _waiting_view(request):
+    await sync_to_async(connections.close_all)()  # a call on the request's thread
+    hand_back_request_thread()
+    _waiting.handed_back += 1
+    await _waiting.event.wait()
+    return HttpResponse("answered")
+
+
+urlpatterns = [path("wait", _waiting_view)]
+
+
+async def test_requests_that_wait_after_handing_their_thread_back_hold_none(settings):
+    settings.ROOT_URLCONF = __name__
+    _waiting.event, _waiting.handed_back = asyncio.Event(), 0
+    handler = PooledThreadsASGIHandler(RequestThreads(idle_kept=8))
+    requests = [asyncio.ensure_future(_get(handler, "/wait")) for _ in range(5)]
+
+    async def all_waiting() -> bool:
+        return _waiting.handed_back == 5
+
+    await wait_until(all_waiting)
+    assert handler.threads.lent == 0  # five callers waiting, no thread held
+
+    _waiting.event.set()
+    assert await asyncio.gather(*requests) == [200] * 5
+    assert handler.threads.lent == 0
