@@ -62,9 +62,9 @@ class RequestThread(Executor):
     taken at the request's first such call and kept until the request ends, or until the
     request hands it back between calls to wait for something long (`hand_back_request_thread`).
 
-    A request that waits for a prediction's answer held its thread all along: with a thousand
-    callers waiting, a thousand threads (about 100 MB), and a thread started for nearly every
-    request when they came in bursts (a quarter of the web process's CPU).
+    A request that waits for a prediction's answer held its thread all along: a thousand
+    callers waiting were a thousand threads, and callers that came in bursts started a thread
+    for nearly every request.
     """
 
     def __init__(self, threads: RequestThreads) -> None:

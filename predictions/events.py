@@ -813,7 +813,7 @@ async def _forget_new_inboxes(loop_layer: Any, known: set[str]) -> None:
         return
     for name in [c for c in channels if c not in known and INBOX_PREFIX in c]:
         del channels[name]
-        try:  # subscribed, if the failure came after: leave it (a no-op when it is not)
+        try:  # SUBSCRIBE may have gone through (the failure came after it); a no-op if not
             await loop_layer._get_shard(name).unsubscribe(name)
         except Exception as exc:  # Redis still down: its messages go nowhere now
             logger.debug("inbox %s: not unsubscribed (%r)", name, exc)
