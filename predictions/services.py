@@ -540,8 +540,9 @@ async def _arun_engine(
     task = asyncio.current_task()
 
     def raise_if_cancelled() -> None:
-        # Some libraries swallow a cancellation that lands while they wait on a thread
-        # (asgiref's sync_to_async returns the thread's result instead); honour it here.
+        # Some code swallows a cancellation that lands just as what it waits for is done
+        # (asgiref's sync_to_async returns the thread's result instead; so does Python 3.11's
+        # wait_for, which redis-py wraps around each command it sends): honour it here.
         if task is not None and task.cancelling():
             logger.debug("prediction %s: cancellation swallowed below; re-raising", prediction_id)
             raise asyncio.CancelledError
@@ -550,6 +551,8 @@ async def _arun_engine(
         raise_if_cancelled()
         metrics.prediction_event(prediction_id, name)  # metrics
         await publisher.emit(name, data)
+        # A stop that the write swallowed would otherwise wait for the next token.
+        raise_if_cancelled()
 
     try:
         async with asyncio.timeout(settings.PREDICTION_TIMEOUT):

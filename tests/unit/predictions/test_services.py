@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+from unittest.mock import patch
 
 import pytest
 from asgiref.sync import sync_to_async
 
-from predictions import services
+from predictions import local, services
 from predictions.engine import FlowValidationError
 from predictions.events import get_transport
 from predictions.models import Chatflow, ChatMessage, Prediction, PredictionStatus
@@ -219,3 +222,36 @@ async def test_prediction_run_memory_reads_at_most_max_history_messages(make_cha
     await prediction.arefresh_from_db()
     assert "I remember 2 earlier messages" in prediction.result["text"]
     assert await ChatMessage.objects.acount() == 6
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_stop_that_a_token_write_swallowed_ends_the_run_at_once(make_chatflow):
+    # Python 3.11's wait_for (around every command redis-py sends) returns the result of what it
+    # waited for when a cancellation comes just as that is done: the stop is swallowed.
+    chatflow = await sync_to_async(make_chatflow)(flow_data=offline_flow(tokens=3, delay_ms=60_000))
+    prediction = await services.aprediction_create(chatflow=chatflow, request=_request())
+    pid = str(prediction.id)
+    transport = get_transport()
+    write = transport.publish_many
+    in_write = asyncio.Event()
+
+    async def swallowing(prediction_id, events, reply_to=None):
+        await write(prediction_id, events, reply_to)
+        if events[-1]["event"] == "token" and not in_write.is_set():
+            in_write.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(60)
+
+    run = asyncio.ensure_future(services.aprediction_run(pid))
+    with patch.object(transport, "publish_many", swallowing):
+        await asyncio.wait_for(in_write.wait(), 5)
+        local.request_cancel(pid)
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(run, 5)  # not after the next token, a minute later
+
+    read = transport.read(pid, after_seq=0, heartbeat=1)
+    names = [e["event"] async for e in read if e is not None]
+    assert names == ["start", "token", "abort", "end"]
+    await prediction.arefresh_from_db()
+    assert prediction.status == PredictionStatus.CANCELLED
