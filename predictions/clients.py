@@ -21,6 +21,7 @@ from redis.retry import Retry
 
 from predictions.engine import EngineConfig
 from predictions.engine.runner import new_http_session
+from predictions.redispipe import CommandPipe
 
 if TYPE_CHECKING:
     import aiohttp
@@ -29,6 +30,9 @@ _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aredis.Redi
     weakref.WeakKeyDictionary()
 )
 _sync_client: redis.Redis | None = None
+_pipes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, CommandPipe] = (
+    weakref.WeakKeyDictionary()
+)
 _http_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = (
     weakref.WeakKeyDictionary()
 )
@@ -66,6 +70,16 @@ def get_async_redis() -> aredis.Redis:
         client = aredis.Redis.from_pool(pool)
         _async_clients[loop] = client
     return client
+
+
+def get_command_pipe() -> CommandPipe:
+    """Return the running loop's pipelined connection (for event writes: see `CommandPipe`)."""
+    loop = asyncio.get_running_loop()
+    pipe = _pipes.get(loop)
+    if pipe is None:
+        pool = aredis.ConnectionPool.from_url(settings.REDIS.url, **_redis_kwargs(AsyncRetry))
+        pipe = _pipes[loop] = CommandPipe(pool.make_connection())
+    return pipe
 
 
 def get_sync_redis() -> redis.Redis:
@@ -130,4 +144,5 @@ def reset_clients() -> None:
     global _sync_client
     _sync_client = None
     _async_clients.clear()
+    _pipes.clear()
     _http_clients.clear()

@@ -350,7 +350,6 @@ class RedisTransport:
         )
 
     async def _write(self, prediction_id: str, events: list[Event], reply_to: str | None) -> None:
-        client = clients.get_async_redis()
         key = stream_key(prediction_id)
         layer = get_channel_layer()
         channel = layer._get_group_channel_name(group_name(prediction_id))
@@ -376,7 +375,7 @@ class RedisTransport:
             fields = encode_event(event)
             args += (f"0-{event['seq']}", fields["e"], fields["d"], fields.get("r", ""))
         try:
-            await _script(client, _WRITE_SCRIPT)(keys=[key], args=args)
+            await clients.get_command_pipe().run_script(_WRITE_SCRIPT, [key], args)
         except ResponseError:
             # redis-py repeats a command whose connection broke, and the first one may have
             # landed: the stream then refuses the same ids again (readers drop the duplicate
@@ -423,9 +422,10 @@ class RedisTransport:
         channel = layer._get_group_channel_name(group_name(prediction_id))
         fields = encode_event(first)
         live = layer.serialize({"type": CHANNEL_EVENT_TYPE, "p": prediction_id, **first})
-        stopped, last_id, published = await _script(clients.get_async_redis(), _BEGIN_SCRIPT)(
-            keys=[stream_key(prediction_id), stop_key],
-            args=[self.max_len, self.ttl, fields["e"], fields["d"], channel, live, reply_to or ""],
+        stopped, last_id, published = await clients.get_command_pipe().run_script(
+            _BEGIN_SCRIPT,
+            [stream_key(prediction_id), stop_key],
+            [self.max_len, self.ttl, fields["e"], fields["d"], channel, live, reply_to or ""],
         )
         last_id = last_id.decode() if isinstance(last_id, bytes) else str(last_id)
         return int(last_id.split("-", 1)[1]), bool(stopped), bool(published)
@@ -647,17 +647,6 @@ if ARGV[5] ~= '' then
 end
 return 1
 """
-
-# Each script registered once per client (registering hashes it).
-_scripts: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
-
-
-def _script(client: Any, source: str) -> Any:
-    registered = _scripts.setdefault(client, {})
-    script = registered.get(source)
-    if script is None:
-        script = registered[source] = client.register_script(source)
-    return script
 
 
 def _seq_of_last(entries: list[Any]) -> int:
