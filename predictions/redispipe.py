@@ -9,21 +9,35 @@ their replies in order: ~18 µs a command (`bench/redis_writes.py`), with the re
 each command would get from redis-py.
 
 The connection is redis-py's own (`ConnectionPool.make_connection`: the URL, AUTH, TLS, the
-database), used through its public calls; it reconnects at the next send after an error.
+database; or `connection_like` a sync client's), used through its public calls; it reconnects
+at the next send after an error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import logging
+import math
 from collections import deque
 from typing import Any
 
+import hiredis
+import redis
+import redis.asyncio.connection as aconnection
 from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.retry import Retry
 from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 logger = logging.getLogger(__name__)
+
+
+def _pack(args: tuple[Any, ...]) -> bytes:
+    """One command in Redis' protocol: hiredis' C packer (redis-py's asyncio connection packs in
+    Python, a third of this module's CPU time)."""
+    return hiredis.pack_command(args)
 
 
 class CommandPipe:
@@ -39,18 +53,24 @@ class CommandPipe:
 
     def __init__(self, connection: AbstractConnection) -> None:
         self.connection = connection
-        self._queue: deque[tuple[tuple[Any, ...], asyncio.Future[Any]]] = deque()
+        # Each entry: commands sent together and the future of their last reply (a transaction's
+        # EXEC) or first error.
+        self._queue: deque[tuple[list[tuple[Any, ...]], asyncio.Future[Any]]] = deque()
         self._sender: asyncio.Task[None] | None = None
         self._shas: dict[str, str] = {}
 
-    async def execute(self, *args: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._queue.append((args, future))
-        if self._sender is None:
-            # Starts at the loop's next turn, with every command queued in this one.
-            self._sender = loop.create_task(self._send_queued())
-        return await future
+    def execute(self, *args: Any) -> asyncio.Future[Any]:
+        """Queue one command; the future is its reply."""
+        return self._put([args])
+
+    async def transaction(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Run `commands` in MULTI/EXEC; return their replies, or raise the first error among
+        them (as redis-py's pipeline does)."""
+        replies = await self._put([("MULTI",), *commands, ("EXEC",)])
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise reply
+        return replies
 
     async def run_script(self, source: str, keys: list[Any], args: list[Any]) -> Any:
         """EVALSHA `source`, loading it first when Redis does not have it (a restart flushed it)."""
@@ -62,6 +82,15 @@ class CommandPipe:
         except NoScriptError:
             await self.execute("SCRIPT", "LOAD", source)
             return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
+
+    def _put(self, commands: list[tuple[Any, ...]]) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.append((commands, future))
+        if self._sender is None:
+            # Starts at the loop's next turn, with every command queued in this one.
+            self._sender = loop.create_task(self._send_queued())
+        return future
 
     async def _send_queued(self) -> None:
         try:
@@ -79,26 +108,36 @@ class CommandPipe:
         finally:
             self._sender = None
 
-    async def _round_trip(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
+    async def _round_trip(
+        self, batch: list[tuple[list[tuple[Any, ...]], asyncio.Future[Any]]]
+    ) -> None:
         connection = self.connection
         done = 0
         try:
-            await connection.send_packed_command(
-                connection.pack_commands([args for args, _ in batch])
-            )
-            for _, future in batch:
-                try:
-                    reply = await connection.read_response()
-                except ResponseError as exc:  # this command's error; the connection is fine
+            # One timeout for the write and all its replies: redis-py's own, per reply, schedules
+            # and cancels a timer each time.
+            async with asyncio.timeout(connection.socket_timeout):
+                await connection.send_packed_command(
+                    b"".join([_pack(args) for commands, _ in batch for args in commands])
+                )
+                for commands, future in batch:
+                    error: ResponseError | None = None
+                    for _ in commands:
+                        try:
+                            reply = await connection.read_response(timeout=math.inf)
+                        except ResponseError as exc:  # this command's error only
+                            error = error or exc
                     if not future.done():
-                        future.set_exception(exc)
-                else:
-                    if not future.done():
-                        future.set_result(reply)
-                done += 1
+                        if error is not None:
+                            future.set_exception(error)
+                        else:
+                            future.set_result(reply)
+                    done += 1
         except BaseException as exc:
             # redis-py has closed the connection (it opens again at the next send): the
             # replies not read are lost, so their commands fail with the error.
+            if type(exc) is TimeoutError:  # asyncio.timeout's, as redis-py would raise it
+                exc = RedisTimeoutError(f"Timeout reading from {connection.host}")
             for _, future in batch[done:]:
                 if not future.done():
                     if isinstance(exc, asyncio.CancelledError):
@@ -107,3 +146,32 @@ class CommandPipe:
                         future.set_exception(exc)
             if not isinstance(exc, Exception):
                 raise
+
+
+_ASYNC_CONNECTION_CLASSES: dict[type[Any], type[AbstractConnection]] = {
+    redis.Connection: aconnection.Connection,
+    redis.SSLConnection: aconnection.SSLConnection,
+    redis.UnixDomainSocketConnection: aconnection.UnixDomainSocketConnection,
+}
+# Sync-only machinery among a sync pool's connection arguments: the async class has its own.
+_NOT_CARRIED_OVER = frozenset({"retry", "parser_class", "redis_connect_func", "event_dispatcher"})
+
+
+def connection_like(client: redis.Redis, retry: Retry) -> AbstractConnection:
+    """An asyncio connection to the server, database and credentials of the sync `client`, with
+    its timeouts and TLS settings (for the worker, whose rq connection is a sync client)."""
+    pool = client.connection_pool
+    async_class = _ASYNC_CONNECTION_CLASSES.get(pool.connection_class)
+    if async_class is None:
+        raise TypeError(f"no asyncio connection class for {pool.connection_class.__name__}")
+    accepted: set[str] = set()
+    for cls in async_class.__mro__:
+        if "__init__" in cls.__dict__:
+            accepted.update(inspect.signature(cls.__dict__["__init__"]).parameters)
+    kwargs = {
+        name: value
+        for name, value in pool.connection_kwargs.items()
+        # A bare object() is redis-py's "not given" marker.
+        if name in accepted and name not in _NOT_CARRIED_OVER and type(value) is not object
+    }
+    return async_class(**kwargs, retry=retry)

@@ -27,11 +27,17 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 import django_rq
 from predictions.clients import get_async_redis, get_command_pipe, get_sync_redis
+from predictions.redispipe import CommandPipe, connection_like
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 print("sync", get_sync_redis().ping())
 print("rq", django_rq.get_queue(settings.QUEUE_NAME).connection.ping())
 async def main():
     print("async", await get_async_redis().ping())
     print("pipe", (await get_command_pipe().execute("PING")).decode())
+    rq_connection = django_rq.get_queue(settings.QUEUE_NAME).connection
+    rq_pipe = CommandPipe(connection_like(rq_connection, Retry(NoBackoff(), 0)))
+    print("rq pipe", (await rq_pipe.execute("PING")).decode())
     layer = get_channel_layer()
     channel = await layer.new_channel()
     await layer.group_add("tls-check", channel)
@@ -174,11 +180,12 @@ def test_redis_tls_with_base64_ca_feeds_every_client(tls_redis, tmp_path):
         tmp_path,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split("\n")[:5] == [
+    assert result.stdout.split("\n")[:6] == [
         "sync True",
         "rq True",
         "async True",
         "pipe PONG",
+        "rq pipe PONG",
         "layer 1",
     ]
     key_file = tmp_path / "tls" / "key.pem"

@@ -6,9 +6,13 @@ import asyncio
 import dataclasses
 
 import pytest
+import redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
 from predictions import clients
+from predictions.redispipe import CommandPipe, connection_like
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +25,8 @@ def _count_writes(pipe) -> list[int]:
     send = pipe.connection.send_packed_command
 
     async def counting(command, *args, **kwargs):
-        writes.append(b"".join(command).count(b"\r\n*") + 1)
+        data = command if isinstance(command, bytes) else b"".join(command)
+        writes.append(data.count(b"\r\n*") + 1)
         return await send(command, *args, **kwargs)
 
     pipe.connection.send_packed_command = counting
@@ -105,3 +110,28 @@ async def test_a_cancelled_caller_leaves_its_command_in_order(redis_db):
 
     assert await second == 2
     assert redis_db.lrange("flowsite-test-list", 0, -1) == [b"a", b"b"]
+
+
+async def test_a_transaction_returns_its_replies_and_raises_the_first_error_in_it(redis_db):
+    pipe = clients.get_command_pipe()
+
+    replies = await pipe.transaction(
+        [("INCR", "flowsite-test-n"), ("INCRBY", "flowsite-test-n", 5)]
+    )
+    assert replies == [1, 6]
+
+    with pytest.raises(ResponseError, match="not an integer"):
+        await pipe.transaction(
+            [("SET", "flowsite-test-text", "abc"), ("INCR", "flowsite-test-text")]
+        )
+    assert redis_db.get("flowsite-test-text") == b"abc"  # as in Redis: the rest was committed
+
+
+async def test_a_connection_like_a_sync_clients_reaches_its_database(redis_db, settings):
+    sync_client = redis.Redis.from_url(settings.REDIS.url, **settings.REDIS.client_kwargs())
+    pipe = CommandPipe(connection_like(sync_client, Retry(NoBackoff(), 0)))
+
+    await pipe.execute("SET", "flowsite-test-text", "from the pipe")
+
+    assert redis_db.get("flowsite-test-text") == b"from the pipe"
+    assert pipe.connection.socket_timeout == settings.REDIS.socket_timeout
