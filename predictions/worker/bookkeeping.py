@@ -2,7 +2,8 @@
 stop, requeue.
 
 Every function here talks to Redis with blocking redis-py calls, so the worker runs them in its
-helper threads, never on the event loop. Each call builds and executes its own pipeline.
+helper threads, never on the event loop. Each call builds and executes its own pipeline, except
+`success_transaction`, which only builds one (the worker commits it from the loop).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from rq.utils import as_text, current_timestamp, now
 from rq.worker import WorkerStatus
 
 if TYPE_CHECKING:
+    from redis.client import Pipeline
     from rq.queue import Queue
 
     from .concurrent import ConcurrentWorker
@@ -64,13 +66,27 @@ def record_success(
 ) -> bool:
     """Record a job that returned as rq's `_finalize_success` does, in one transaction where rq
     takes four round trips; return False, recording nothing, for a job that needs rq's own path
-    (a `Retry` result, a success callback, repeats, a result kept for 0 s: rq deletes such a job,
-    its dependents' list with it, so only its WATCHed read finds them).
+    (see `success_transaction`)."""
+    pipeline = success_transaction(worker, job, execution, return_value)
+    if pipeline is None:
+        return False
+    with pipeline:
+        dependents = pipeline.execute()[-1]
+    after_success(worker, job, queue, dependents)
+    return True
+
+
+def success_transaction(
+    worker: ConcurrentWorker, job: Job, execution: Execution, return_value: object
+) -> Pipeline | None:
+    """The transaction that records a job's success, not executed; None for a job that needs
+    rq's own path (a `Retry` result, a success callback, repeats, a result kept for 0 s: rq
+    deletes such a job, its dependents' list with it, so only its WATCHed read finds them).
 
     rq reads the job's dependents under WATCH before it commits. Here the transaction counts
-    them instead, and only a job that has some hands them to rq's move afterwards: a dependent
-    enqueued after the commit sees the job FINISHED and is enqueued at once by rq itself. What
-    follows the commit only logs its failures: the success is recorded, and must not be again.
+    them instead (its last command), and only a job that has some hands them to rq's move
+    afterwards (`after_success`): a dependent enqueued after the commit sees the job FINISHED
+    and is enqueued at once by rq itself.
     """
     result_ttl = job.get_result_ttl(worker.default_result_ttl)
     if (
@@ -79,25 +95,35 @@ def record_success(
         or job.repeats_left
         or result_ttl == 0
     ):
-        return False
+        return None
     job.ended_at = now()
     job._result = return_value
     job._status = JobStatus.FINISHED
-    with worker.connection.pipeline() as pipeline:
-        worker.increment_successful_job_count(pipeline=pipeline)
-        worker.increment_total_working_time(job.ended_at - job.started_at, pipeline)  # type: ignore[operator]
-        job._handle_success(
-            result_ttl,
-            pipeline=pipeline,
-            worker_name=worker.name,
-            execution_id=execution.id,
-            execution_started_at=execution.created_at,
-            execution_ended_at=job.ended_at,
-        )
-        job.cleanup(result_ttl, pipeline=pipeline, remove_from_queue=False)
-        worker.cleanup_execution(job, pipeline=pipeline, execution=execution)
-        pipeline.scard(job.dependents_key)
-        dependents = pipeline.execute()[-1]
+    pipeline = worker.connection.pipeline()
+    worker.increment_successful_job_count(pipeline=pipeline)
+    worker.increment_total_working_time(job.ended_at - job.started_at, pipeline)  # type: ignore[operator]
+    job._handle_success(
+        result_ttl,
+        pipeline=pipeline,
+        worker_name=worker.name,
+        execution_id=execution.id,
+        execution_started_at=execution.created_at,
+        execution_ended_at=job.ended_at,
+    )
+    job.cleanup(result_ttl, pipeline=pipeline, remove_from_queue=False)
+    worker.cleanup_execution(job, pipeline=pipeline, execution=execution)
+    pipeline.scard(job.dependents_key)
+    return pipeline
+
+
+def needs_after_success(job: Job, dependents: int) -> bool:
+    """Whether `after_success` has Redis or HTTP work to do (else it only logs)."""
+    return bool(dependents or job.has_rate_limit or job.webhooks)
+
+
+def after_success(worker: ConcurrentWorker, job: Job, queue: Queue, dependents: int) -> None:
+    """What follows a committed success: its dependents, its rate-limit slot, its webhooks.
+    Only logs its failures: the success is recorded, and must not be again."""
     if dependents:
         try:
             queue.enqueue_ready_jobs_by_queue(queue.move_dependents_to_ready(job))
@@ -114,7 +140,6 @@ def record_success(
         job.ended_at - job.started_at,  # type: ignore[operator]
         worker.name,
     )
-    return True
 
 
 def send_heartbeats(worker: ConcurrentWorker, beats: Sequence[tuple[Job, Execution]]) -> None:

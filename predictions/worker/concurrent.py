@@ -8,9 +8,11 @@ exercises each of them.
   job functions are awaited on the loop, sync ones run in their own daemon thread; both see their
   own job through `rq.get_current_job()`.
 - rq's bookkeeping (the start steps, the success/failure/retry handlers, Results, Executions,
-  counters) runs in helper threads, never on the loop: rq's own, except that a job's two start
-  steps are one transaction (`bookkeeping.start_execution`) and so is a plain success
-  (`bookkeeping.record_success`; one with a Retry result, a callback or repeats takes rq's).
+  counters) runs in helper threads, never blocking the loop: rq's own, except that a job's two
+  start steps are one transaction (`bookkeeping.start_execution`) and so is a plain success
+  (`bookkeeping.success_transaction`; one with a Retry result, a callback or repeats takes
+  rq's). A plain success's transaction is built by rq's own calls and committed from the loop,
+  on a pipelined connection (`predictions.redispipe`) with the other jobs' at the same moment.
   The worker is BUSY while any job runs and IDLE when none does.
 - `job.timeout` (the queue class's default when unset, none when -1) is enforced with
   `asyncio.timeout`; a job over it fails with rq's `JobTimeoutException`.
@@ -57,13 +59,15 @@ import math
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis.exceptions
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialWithJitterBackoff
 from rq.command import handle_command, parse_payload
 from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.exceptions import DequeueTimeout
@@ -75,6 +79,8 @@ from rq.timeouts import BaseDeathPenalty
 from rq.utils import import_attribute, now
 from rq.worker import BaseWorker, DequeueStrategy, WorkerStatus, signal_name
 
+from predictions.redispipe import CommandPipe, connection_like
+
 from . import bookkeeping
 from .config import close_django_connections, close_http_client, django_configured, setting
 from .health import HealthServer, check_django_database, readiness_client
@@ -83,6 +89,8 @@ from .perform import perform
 
 if TYPE_CHECKING:
     from redis import Redis
+    from redis.client import Pipeline
+
 
 logger = logging.getLogger(__name__)
 
@@ -197,6 +205,7 @@ class ConcurrentWorker(BaseWorker):
         self._state_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._bridge: LoopBridge | None = None
+        self._pipe: CommandPipe | None = None  # rq's Redis, pipelined (see _record_success)
         self._wakeup = asyncio.Event()
         self._stop_event = asyncio.Event()
         self._stopping = False
@@ -670,7 +679,14 @@ class ConcurrentWorker(BaseWorker):
             )
             return
         record.phase = _Phase.FINALIZING
-        await self._finish(job, self._finalize_success, job, queue, record.execution, return_value)
+        assert record.execution is not None
+        success = bookkeeping.success_transaction(self, job, record.execution, return_value)
+        if success is None:  # rq's own path
+            await self._finish(
+                job, self._finalize_success, job, queue, record.execution, return_value
+            )
+        else:
+            await self._finish_with(job, lambda: self._record_success(job, queue, success))
 
     async def _record_cancelled(self, record: _InFlight) -> None:
         job = record.job
@@ -680,8 +696,31 @@ class ConcurrentWorker(BaseWorker):
             step = bookkeeping.record_stopped
         await self._finish(job, step, self, job, record.queue, record.execution)
 
+    async def _record_success(self, job: Job, queue: Queue, transaction: Pipeline) -> None:
+        """Commit a success's transaction on this loop (batched with the loop's other Redis
+        writes: no helper thread, no round trip of its own), then what follows it."""
+        commands = [args for args, _ in transaction.command_stack]
+        dependents = (await self._command_pipe().transaction(commands))[-1]
+        if bookkeeping.needs_after_success(job, dependents):
+            await self._in_thread(
+                self._bookkeeping, bookkeeping.after_success, self, job, queue, dependents
+            )
+        else:
+            bookkeeping.after_success(self, job, queue, dependents)
+
+    def _command_pipe(self) -> CommandPipe:
+        """The loop's pipelined connection to rq's Redis (made at first use, on the loop)."""
+        if self._pipe is None:
+            retry = AsyncRetry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 3)
+            self._pipe = CommandPipe(connection_like(self.connection, retry))
+        return self._pipe
+
     async def _finish(self, job: Job, step: Callable[..., Any], *args: Any) -> None:
-        """Record a job's outcome in a helper thread; a failure leaves it to the abandoned sweep.
+        """Record a job's outcome with `step` in a helper thread (see `_finish_with`)."""
+        await self._finish_with(job, lambda: self._in_thread(self._bookkeeping, step, *args))
+
+    async def _finish_with(self, job: Job, attempt: Callable[[], Awaitable[Any]]) -> None:
+        """Record a job's outcome; a failure leaves it to the abandoned sweep.
 
         While Redis is unreachable the step is retried (for BOOKKEEPING_RETRY_SECONDS): the job
         stays in flight, so it keeps its heartbeat once Redis is back, and is not taken for one
@@ -692,7 +731,7 @@ class ConcurrentWorker(BaseWorker):
         delay = 0.25
         while True:
             try:
-                await self._in_thread(self._bookkeeping, step, *args)
+                await attempt()
                 return
             except Exception as exc:
                 if not isinstance(exc, REDIS_DOWN) or loop.time() + delay > give_up_at:

@@ -540,3 +540,27 @@ def test_rescue_leaves_started_jobs_and_drops_ended_ones(
     assert [as_text(j) for j in queue.connection.lrange(queue.intermediate_queue_key, 0, -1)] == [
         started.id
     ]
+
+
+def test_a_success_whose_connection_broke_is_recorded_once_redis_answers(
+    queue: Queue, redis_conn: Redis, make_worker: MakeWorker, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A plain success is committed on the loop's pipelined connection: a connection Redis has
+    # dropped meanwhile fails that commit, which is retried on a new one.
+    warm_up = queue.enqueue(jobs.sleep_job, 0)
+    job = queue.enqueue(jobs.sleep_job, 1)
+    worker = make_worker()
+
+    with running(worker, burst=True) as runner:
+        wait_until(lambda: job.get_status() == JobStatus.STARTED, 10, "the job started")
+        assert warm_up.get_status() == JobStatus.FINISHED  # its success opened the connection
+        pipe = worker._pipe
+        assert pipe is not None
+        redis_conn.client_kill_filter(_type="normal", skipme=True)
+        runner.join(20)
+
+    assert job.get_status() == JobStatus.FINISHED
+    assert job.return_value() == 1
+    assert job.id in FinishedJobRegistry(queue=queue)
+    assert worker_field(redis_conn, worker, "successful_job_count") == "2"
+    assert f"Redis unreachable, recording job {job.id} again" in caplog.text
