@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rq import worker_registration
 from rq.callbacks import execute_stopped_callback
@@ -37,28 +37,58 @@ SWEEP_LOCK_TEMPLATE = RQ_KEY_PREFIX + ":flowsite:abandoned-sweep:{0}"
 def start_execution(
     worker: ConcurrentWorker, job: Job, queue: Queue, remove_from_intermediate_queue: bool
 ) -> Execution:
-    """rq's two start steps (`prepare_execution`, then the horse's `prepare_job_execution`) in
-    one transaction instead of two: the execution and its registries, the job STARTED and
-    persisted, its id out of the intermediate queue, and the worker BUSY unless it is already.
-
-    Leaves out what the worker's heartbeat tick renews anyway (the worker key's TTL and
-    `last_heartbeat`) and the job's separate `last_heartbeat` write (STARTED sets it too).
-    """
-    ttl = worker.get_heartbeat_ttl(job)
-    with worker.connection.pipeline() as pipeline:
-        execution = Execution.create(job, ttl, pipeline=pipeline, worker_name=worker.name)
-        # Under the lock only the check: a later IDLE waits until nothing is starting or in
-        # flight, and this job counts as starting (the worker's `_starting`) already.
-        with worker._state_lock:
-            if worker.get_state() != WorkerStatus.BUSY:
-                worker.set_state(WorkerStatus.BUSY, pipeline=pipeline)
-        job.prepare_for_execution(worker.name, pipeline=pipeline)
-        pipeline.persist(job.key)
-        if remove_from_intermediate_queue:
-            pipeline.lrem(queue.intermediate_queue_key, 1, job.id)
+    """Start `job` in Redis (`start_transaction`) now, from a helper thread."""
+    started = start_transaction(worker, job, queue, remove_from_intermediate_queue)
+    assert started is not None  # waited for the lock
+    pipeline, execution = started
+    with pipeline:
         pipeline.execute()
     worker.executions[execution.id] = execution
     return execution
+
+
+def start_transaction(
+    worker: ConcurrentWorker,
+    job: Job,
+    queue: Queue,
+    remove_from_intermediate_queue: bool,
+    *,
+    wait: bool = True,
+) -> tuple[Pipeline, Execution] | None:
+    """rq's two start steps (`prepare_execution`, then the horse's `prepare_job_execution`) as
+    one transaction instead of two, not executed: the execution and its registries, the job
+    STARTED and persisted, its id out of the intermediate queue, and the worker BUSY unless it
+    is already. The caller adds the execution to `worker.executions` once it is committed.
+
+    Leaves out what the worker's heartbeat tick renews anyway (the worker key's TTL and
+    `last_heartbeat`) and the job's separate `last_heartbeat` write (STARTED sets it too).
+
+    The worker's state is read under its state lock: an IDLE written before has landed, and a
+    later one waits until nothing is starting or in flight (this job counts as either already).
+    With `wait` False, returns None instead of waiting for the lock (the event loop's case: the
+    holder may be writing to a Redis that does not answer).
+    """
+    if not worker._state_lock.acquire(blocking=wait):
+        return None
+    pipeline = worker.connection.pipeline()
+    try:
+        if worker.get_state() != WorkerStatus.BUSY:
+            worker.set_state(WorkerStatus.BUSY, pipeline=pipeline)
+    finally:
+        worker._state_lock.release()
+    execution = Execution.create(
+        job, worker.get_heartbeat_ttl(job), pipeline=pipeline, worker_name=worker.name
+    )
+    job.prepare_for_execution(worker.name, pipeline=pipeline)
+    pipeline.persist(job.key)
+    if remove_from_intermediate_queue:
+        pipeline.lrem(queue.intermediate_queue_key, 1, job.id)
+    return pipeline, execution
+
+
+def commands(pipeline: Pipeline) -> list[tuple[Any, ...]]:
+    """The commands a pipeline holds, to be sent some other way (`CommandPipe.transaction`)."""
+    return [args for args, _ in pipeline.command_stack]
 
 
 def record_success(

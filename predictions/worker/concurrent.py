@@ -8,11 +8,12 @@ exercises each of them.
   job functions are awaited on the loop, sync ones run in their own daemon thread; both see their
   own job through `rq.get_current_job()`.
 - rq's bookkeeping (the start steps, the success/failure/retry handlers, Results, Executions,
-  counters) runs in helper threads, never blocking the loop: rq's own, except that a job's two
-  start steps are one transaction (`bookkeeping.start_execution`) and so is a plain success
+  counters) never blocks the loop: rq's own, in helper threads, except that a job's two start
+  steps are one transaction (`bookkeeping.start_transaction`) and so is a plain success
   (`bookkeeping.success_transaction`; one with a Retry result, a callback or repeats takes
-  rq's). A plain success's transaction is built by rq's own calls and committed from the loop,
-  on a pipelined connection (`predictions.redispipe`) with the other jobs' at the same moment.
+  rq's). These two are built by rq's own calls and committed from the loop on a pipelined
+  connection (`predictions.redispipe`), together with the other jobs' writes of the moment.
+  The dequeue thread only claims jobs (rq's `dequeue_any`).
   The worker is BUSY while any job runs and IDLE when none does.
 - `job.timeout` (the queue class's default when unset, none when -1) is enforced with
   `asyncio.timeout`; a job over it fails with rq's `JobTimeoutException`.
@@ -136,7 +137,6 @@ class _InFlight:
     job: Job
     queue: Queue
     task: asyncio.Task[None] | None = None
-    started: Execution | BaseException | None = None  # what the dequeue thread's start gave
     execution: Execution | None = None
     phase: _Phase = _Phase.PREPARING
     cancel_reason: _CancelReason | None = None
@@ -199,7 +199,7 @@ class ConcurrentWorker(BaseWorker):
         self._bookkeeping_threads = bookkeeping_threads
 
         self._in_flight: dict[_InFlight, None] = {}
-        # Jobs the dequeue thread started in Redis that are not in flight yet, by id (True once a
+        # Jobs the dequeue thread claimed that are not in flight yet, by id (True once a
         # stop was asked for): no IDLE is written while there are any, and a stop waits for them.
         self._starting: dict[str, bool] = {}
         self._state_lock = threading.Lock()
@@ -519,21 +519,19 @@ class ConcurrentWorker(BaseWorker):
                     logger.info("worker %s: idle for %d s, quitting", self.name, max_idle_time)
                     break
                 continue
-            job, queue, started = claimed
+            job, queue = claimed
             if self._stopping:
-                await self._put_back(job, queue, started)
+                await self._put_back(job, queue)
                 break
-            self._start(job, queue, started)
+            self._start(job, queue)
             idle_since = loop.time()
             if max_jobs is not None and self._claimed >= max_jobs:
                 logger.info("worker %s: claimed %d job(s) (max_jobs)", self.name, self._claimed)
                 break
 
-    def _dequeue(
-        self, timeout: float | None
-    ) -> tuple[Job, Queue, Execution | BaseException] | object | None:
-        """Claim one job, blocking at most `timeout` seconds, and start it: its execution, or
-        what its start raised (dequeue thread: one trip to a thread per job, not two)."""
+    def _dequeue(self, timeout: float | None) -> tuple[Job, Queue] | object | None:
+        """Claim one job, blocking at most `timeout` seconds (the dequeue thread); the loop
+        starts it (`_start_execution`)."""
         if time.monotonic() - self._suspension_checked_at >= SUSPENSION_CHECK_SECONDS:
             self._suspension_checked_at = time.monotonic()
             self._update_suspension(is_suspended(self.connection, self))
@@ -553,16 +551,11 @@ class ConcurrentWorker(BaseWorker):
         if claimed is None:
             return None
         job, queue = claimed
+        self._starting[job.id] = False  # until _start (or _put_back) takes it over
         self.reorder_queues(reference_queue=queue)
         job.redis_server_version = self.get_redis_server_version()
         logger.info("worker %s: job %s claimed from %s", self.name, job.id, queue.name)
-        if self._stopping:  # goes back unstarted (_admit)
-            return job, queue, None
-        self._starting[job.id] = False  # until _start (or _put_back) takes it over
-        try:
-            return job, queue, self._start_execution(job, queue)
-        except Exception as exc:
-            return job, queue, exc
+        return job, queue
 
     def _update_suspension(self, suspended: bool) -> None:
         if suspended == self._suspended:
@@ -577,20 +570,11 @@ class ConcurrentWorker(BaseWorker):
                 busy = self._starting or self._in_flight
                 self.set_state(WorkerStatus.BUSY if busy else WorkerStatus.IDLE)
 
-    async def _put_back(
-        self, job: Job, queue: Queue, started: Execution | BaseException | None
-    ) -> None:
+    async def _put_back(self, job: Job, queue: Queue) -> None:
         """Return a job that a dequeue claimed after shutdown began, so it is not lost."""
         self._starting.pop(job.id, None)
         try:
-            if isinstance(started, Execution):
-                await self._in_thread(
-                    self._bookkeeping, bookkeeping.requeue_execution, self, job, queue, started
-                )
-            else:
-                await self._in_thread(
-                    self._bookkeeping, bookkeeping.return_to_queue, self, job, queue
-                )
+            await self._in_thread(self._bookkeeping, bookkeeping.return_to_queue, self, job, queue)
         except Exception:
             logger.exception(
                 "worker %s: could not return job %s; rq's intermediate-queue cleanup will fail it",
@@ -598,8 +582,8 @@ class ConcurrentWorker(BaseWorker):
                 job.id,
             )
 
-    def _start(self, job: Job, queue: Queue, started: Execution | BaseException | None) -> None:
-        record = _InFlight(job=job, queue=queue, started=started)
+    def _start(self, job: Job, queue: Queue) -> None:
+        record = _InFlight(job=job, queue=queue)
         self._in_flight[record] = None  # before it leaves _starting (see _mark_idle)
         if self._starting.pop(job.id, False):
             record.cancel_reason = _CancelReason.STOP  # stopped while it was starting
@@ -614,14 +598,7 @@ class ConcurrentWorker(BaseWorker):
         job, queue = record.job, record.queue
         try:
             try:
-                if isinstance(record.started, Execution):
-                    record.execution = record.started
-                elif record.started is not None:
-                    raise record.started
-                else:  # claimed while stopping began (not here: _admit puts those back)
-                    record.execution = await self._in_thread(
-                        self._bookkeeping, self._start_execution, job, queue
-                    )
+                record.execution = await self._start_execution(job, queue)
             except REDIS_DOWN as exc:
                 # Never started: the id stays in the intermediate queue (or, if the start did
                 # reach Redis, its execution stops heartbeating); the sweep requeues it or
@@ -655,11 +632,19 @@ class ConcurrentWorker(BaseWorker):
             if not self._in_flight and self._loop is not None and self._loop.is_running():
                 self._spawn(self._in_thread(self._bookkeeping, self._mark_idle))
 
-    def _start_execution(self, job: Job, queue: Queue) -> Execution:
-        """rq's two preparation steps, in one transaction (a helper thread)."""
-        return bookkeeping.start_execution(
-            self, job, queue, remove_from_intermediate_queue=len(self.queues) == 1
-        )
+    async def _start_execution(self, job: Job, queue: Queue) -> Execution:
+        """rq's two preparation steps, in one transaction, committed from the loop on the
+        pipelined connection (in a helper thread while the state lock is taken)."""
+        single_queue = len(self.queues) == 1
+        started = bookkeeping.start_transaction(self, job, queue, single_queue, wait=False)
+        if started is None:
+            return await self._in_thread(
+                self._bookkeeping, bookkeeping.start_execution, self, job, queue, single_queue
+            )
+        transaction, execution = started
+        await self._command_pipe().transaction(bookkeeping.commands(transaction))
+        self.executions[execution.id] = execution
+        return execution
 
     async def _perform_and_record(self, record: _InFlight) -> None:
         job, queue = record.job, record.queue
@@ -699,8 +684,8 @@ class ConcurrentWorker(BaseWorker):
     async def _record_success(self, job: Job, queue: Queue, transaction: Pipeline) -> None:
         """Commit a success's transaction on this loop (batched with the loop's other Redis
         writes: no helper thread, no round trip of its own), then what follows it."""
-        commands = [args for args, _ in transaction.command_stack]
-        dependents = (await self._command_pipe().transaction(commands))[-1]
+        replies = await self._command_pipe().transaction(bookkeeping.commands(transaction))
+        dependents = replies[-1]
         if bookkeeping.needs_after_success(job, dependents):
             await self._in_thread(
                 self._bookkeeping, bookkeeping.after_success, self, job, queue, dependents

@@ -185,14 +185,14 @@ def test_a_job_whose_start_fails_is_failed_and_the_worker_goes_on(
 ) -> None:
     broken = queue.enqueue(jobs.sleep_job, 0)
     fine = queue.enqueue(jobs.sleep_job, 0)
-    real_start = bookkeeping.start_execution
+    real_start = bookkeeping.start_transaction
 
-    def start_execution(worker, job, *args, **kwargs):
+    def start_transaction(worker, job, *args, **kwargs):
         if job.id == broken.id:
             raise ValueError("no start for you")
         return real_start(worker, job, *args, **kwargs)
 
-    monkeypatch.setattr(bookkeeping, "start_execution", start_execution)
+    monkeypatch.setattr(bookkeeping, "start_transaction", start_transaction)
 
     make_worker().work(burst=True)
 
@@ -284,31 +284,51 @@ def test_cancel_job_stops_an_in_flight_job(queue: Queue, make_worker: MakeWorker
     assert long_job.get_meta()["cancelled"] == CANCELLED_TO_STOP
 
 
-def test_a_stop_that_comes_while_the_job_is_starting_stops_it(
-    queue: Queue, redis_conn: Redis, make_worker: MakeWorker, monkeypatch: pytest.MonkeyPatch
+def test_a_stop_that_comes_between_claim_and_start_stops_the_job(
+    queue: Queue, make_worker: MakeWorker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The dequeue thread starts the job in Redis before the loop has it in flight: a stop in
-    # between is kept for it, and it never runs.
+    # The dequeue thread claims the job before the loop has it in flight: a stop in between is
+    # kept for it, and it never runs.
     job = queue.enqueue(jobs.cancel_aware_job, 30)
     worker = make_worker()
-    real_start = bookkeeping.start_execution
+    real_reorder = worker.reorder_queues
     answers = []
 
-    def start_execution(w, started_job, *args, **kwargs):
-        execution = real_start(w, started_job, *args, **kwargs)
-        send_stop_job_command(redis_conn, started_job.id)  # as an operator would, now
-        wait_until(lambda: w._starting.get(started_job.id), 5, "the stop reached the worker")
-        answers.append(w.cancel_job(started_job.id))
-        return execution
+    def reorder_queues(reference_queue):  # in the dequeue thread, just after the claim
+        answers.append(worker.cancel_job(job.id))  # handled on the loop, meanwhile
+        assert worker._starting[job.id] is True
+        return real_reorder(reference_queue=reference_queue)
 
-    monkeypatch.setattr(bookkeeping, "start_execution", start_execution)
-    worker.work(burst=True)  # the stop is sent while the loop waits for this start
+    monkeypatch.setattr(worker, "reorder_queues", reorder_queues)
+    worker.work(burst=True)
 
     assert answers == [True]
     assert job.get_status() == JobStatus.STOPPED
     assert job.id in FailedJobRegistry(queue=queue)
     assert "cancelled" not in job.get_meta()  # it never ran
     assert worker._starting == {}
+
+
+def test_a_stop_that_comes_while_the_job_is_starting_stops_it(
+    queue: Queue, make_worker: MakeWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # In flight, its start on its way to Redis: the stop waits for the start, and it never runs.
+    job = queue.enqueue(jobs.cancel_aware_job, 30)
+    worker = make_worker()
+    real_start = bookkeeping.start_transaction
+    answers = []
+
+    def start_transaction(w, started_job, *args, **kwargs):
+        answers.append(w.cancel_job(started_job.id))  # on the loop, as a stop command is
+        return real_start(w, started_job, *args, **kwargs)
+
+    monkeypatch.setattr(bookkeeping, "start_transaction", start_transaction)
+    worker.work(burst=True)
+
+    assert answers == [True]
+    assert job.get_status() == JobStatus.STOPPED
+    assert job.id in FailedJobRegistry(queue=queue)
+    assert "cancelled" not in job.get_meta()
 
 
 def test_no_idle_state_while_a_job_is_starting(
@@ -564,3 +584,26 @@ def test_a_success_whose_connection_broke_is_recorded_once_redis_answers(
     assert job.id in FinishedJobRegistry(queue=queue)
     assert worker_field(redis_conn, worker, "successful_job_count") == "2"
     assert f"Redis unreachable, recording job {job.id} again" in caplog.text
+
+
+def test_a_start_waits_for_the_state_lock_in_a_thread_not_on_the_loop(
+    queue: Queue, make_worker: MakeWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = queue.enqueue(jobs.sleep_job, 0)
+    worker = make_worker()
+    real_reorder = worker.reorder_queues
+
+    def reorder_queues(reference_queue):  # in the dequeue thread, just after the claim
+        # Taken as while an IDLE write waits for a Redis that does not answer.
+        worker._state_lock.acquire()
+        return real_reorder(reference_queue=reference_queue)
+
+    monkeypatch.setattr(worker, "reorder_queues", reorder_queues)
+    with running(worker, burst=True) as runner:
+        wait_until(lambda: worker.in_flight_job_ids() == [job.id], 10, "the job in flight")
+        assert worker._on_loop(lambda: "answered") == "answered"  # the loop goes on
+        assert job.get_status() == JobStatus.QUEUED  # its start waits for the lock
+        worker._state_lock.release()
+        runner.join(20)
+
+    assert job.get_status() == JobStatus.FINISHED
