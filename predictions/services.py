@@ -341,17 +341,36 @@ def _run_input(prediction: Prediction, chatflow_stamp: Any) -> tuple[Flow, RunIn
     return flow, run_input
 
 
+def _claim_and_load(
+    prediction_id: str, worker_name: str
+) -> tuple[Prediction, Any, tuple[Flow, RunInput] | None] | None:
+    """The claim, then the reads of `_run_input` in the same trip to a database thread; the
+    reads' result is None when the database failed them (the claim stands)."""
+    claimed = runstore.prediction_claim(prediction_id, worker_name)
+    if claimed is None:
+        return None
+    prediction, chatflow_stamp = claimed
+    try:
+        return prediction, chatflow_stamp, _run_input(prediction, chatflow_stamp)
+    except (OperationalError, InterfaceError):
+        _drop_broken_connections()
+        return prediction, chatflow_stamp, None
+
+
 async def _aclaim(prediction_id: str, worker_name: str) -> tuple[Prediction, Flow, RunInput] | None:
     """Mark an active prediction running and load what the run needs; None if it must not run.
 
     The claim is one statement, committed by itself (no BEGIN and COMMIT around it), so a retry
-    after a lost connection counts one attempt; the reads after it are retried on their own.
+    after a lost connection counts one attempt; the reads after it, done in the same trip to a
+    database thread, are retried on their own if the database failed them.
     """
-    claimed = await aretry_database(runstore.prediction_claim, prediction_id, worker_name)
+    claimed = await aretry_database(_claim_and_load, prediction_id, worker_name)
     if claimed is None:
         return None
-    prediction, chatflow_stamp = claimed
-    flow, run_input = await aretry_database(_run_input, prediction, chatflow_stamp)
+    prediction, chatflow_stamp, loaded = claimed
+    if loaded is None:
+        loaded = await aretry_database(_run_input, prediction, chatflow_stamp)
+    flow, run_input = loaded
     return prediction, flow, run_input
 
 

@@ -9,6 +9,7 @@ from unittest.mock import patch
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.db import OperationalError
 
 from predictions import local, services
 from predictions.engine import FlowValidationError
@@ -255,3 +256,28 @@ async def test_a_stop_that_a_token_write_swallowed_ends_the_run_at_once(make_cha
     assert names == ["start", "token", "abort", "end"]
     await prediction.arefresh_from_db()
     assert prediction.status == PredictionStatus.CANCELLED
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_prediction_run_reads_its_input_again_when_the_database_failed_them_after_the_claim(
+    make_chatflow, monkeypatch
+):
+    chatflow = await sync_to_async(make_chatflow)(flow_data=offline_flow(tokens=3))
+    prediction = await services.aprediction_create(chatflow=chatflow, request=_request())
+    real_run_input = services._run_input
+    calls = []
+
+    def flaky_run_input(*args):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OperationalError("server closed the connection unexpectedly")
+        return real_run_input(*args)
+
+    monkeypatch.setattr(services, "_run_input", flaky_run_input)
+
+    await services.aprediction_run(str(prediction.id), worker_name="test")
+
+    assert len(calls) == 2
+    await prediction.arefresh_from_db()
+    assert prediction.attempts == 1  # claimed once
+    assert prediction.result["text"] == "tok0 tok1 tok2 "
