@@ -47,6 +47,10 @@ def _dumps(value: Any) -> str:
     return _ENCODER.encode(value)
 
 
+# A str as JSON, as _ENCODER writes one (ensure_ascii=False): the json module's C function.
+_string = json.encoder.encode_basestring
+
+
 # Line breaks to Python's str.splitlines (httpx's iter_lines, httpx-sse) that JSON leaves raw:
 # escaped, so a data line never splits in a client.
 _LINE_BREAKS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
@@ -54,7 +58,11 @@ _LINE_BREAKS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": 
 
 def sse_frame(event: Event) -> bytes:
     """Encode one event as Flowise's SSE frame, with our `id:` line for Last-Event-ID resume."""
-    payload = _dumps({"event": event["event"], "data": event["data"]})
+    data = event["data"]
+    if isinstance(data, str):  # tokens: as _dumps would encode them, a tenth of its time
+        payload = f'{{"event":{_string(event["event"])},"data":{_string(data)}}}'
+    else:
+        payload = _dumps({"event": event["event"], "data": data})
     if not payload.isascii():  # (translate costs more than the rest of the frame)
         payload = payload.translate(_LINE_BREAKS)
     return f"message:\ndata:{payload}\nid:{event['seq']}\n\n".encode()

@@ -161,6 +161,17 @@ def test_sse_frames_round_trip_through_flowise_client_parsers(batch, cuts):
 
 @SETTINGS
 @given(events)
+def test_an_sse_frame_holds_the_event_as_the_json_encoder_writes_it(event):
+    payload = json.dumps(
+        {"event": event["event"], "data": event["data"]}, ensure_ascii=False, separators=(",", ":")
+    )
+    payload = payload.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    payload = payload.replace("\x85", "\\u0085")
+    assert sse_frame(event) == f"message:\ndata:{payload}\nid:{event['seq']}\n\n".encode()
+
+
+@SETTINGS
+@given(events)
 def test_events_round_trip_through_the_redis_stream_encoding(event):
     assert decode_event(f"0-{event['seq']}", encode_event(event)) == event
     raw = {k.encode(): v.encode() for k, v in encode_event(event).items()}
