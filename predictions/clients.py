@@ -77,6 +77,10 @@ def get_command_pipe() -> CommandPipe:
     loop = asyncio.get_running_loop()
     pipe = _pipes.get(loop)
     if pipe is None:
+        # A pipe's connection holds its loop, so a closed loop's entry never leaves the weak
+        # dictionary by itself (async_to_sync makes a loop per call: the worker's lost-job sweep).
+        for closed in [other for other in _pipes if other.is_closed()]:
+            del _pipes[closed]
         pool = aredis.ConnectionPool.from_url(settings.REDIS.url, **_redis_kwargs(AsyncRetry))
         pipe = _pipes[loop] = CommandPipe(pool.make_connection())
     return pipe

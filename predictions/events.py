@@ -378,9 +378,9 @@ class RedisTransport:
         try:
             await clients.get_command_pipe().run_script(_WRITE_SCRIPT, [key], args)
         except ResponseError:
-            # redis-py repeats a command whose connection broke, and the first one may have
-            # landed: the stream then refuses the same ids again (readers drop the duplicate
-            # live messages by their seq).
+            # A write whose connection broke is sent again (aretry_redis), and the first one
+            # may have landed: the stream then refuses the same ids again (readers drop the
+            # duplicate live messages by their seq).
             if await self.last_seq(prediction_id) < events[-1]["seq"]:
                 raise
         if not reply_to:

@@ -1,12 +1,12 @@
 """Redis commands pipelined automatically on one connection per event loop.
 
 A prediction's event writes are small scripts, about ten a streaming prediction, from hundreds of
-predictions at once. Through redis-py's asyncio client each costs ~65 µs of CPU (a pool
-checkout, a task for `wait_for` around the send, a timeout context around the read, its own
-send and receive calls); most of it is per command, not per byte. A `CommandPipe` queues the
-commands of a loop and sends all that are waiting in one write on one connection, then reads
-their replies in order: ~18 µs a command (`bench/redis_writes.py`), with the replies and errors
-each command would get from redis-py.
+predictions at once. Through redis-py's asyncio client each cost 70-100 µs of CPU (a pool
+checkout, a task for `wait_for` around the send, a timer for the read's timeout, a send and a
+receive of its own); most of it per command, not per byte. A `CommandPipe` queues the commands
+of a loop and sends all that are waiting in one write on one connection, then reads their
+replies in order: 11-12 µs a command (`python -m bench.redis_writes`), with the replies and
+errors each command would get from redis-py.
 
 The connection is redis-py's own (`ConnectionPool.make_connection`: the URL, AUTH, TLS, the
 database; or `connection_like` a sync client's), used through its public calls; it reconnects
@@ -43,7 +43,7 @@ def _pack(args: tuple[Any, ...]) -> bytes:
 class CommandPipe:
     """Send the commands queued on this loop together, in the order they were queued.
 
-    `execute` queues a command and returns once its reply is read: a reply, or the error redis-py
+    `execute` queues a command; awaiting what it returns gives the reply, or the error redis-py
     would raise (`ResponseError` for that command alone; a connection error or timeout for every
     command of the write it was in, which may or may not have run: as with redis-py, a caller
     that retries must cope with a command that landed). A caller cancelled while waiting does

@@ -497,7 +497,7 @@ async def _abegin(
         prediction_id, cancel_key(prediction_id), start, reply_to
     )
     # A first attempt's stream holds nothing before its start: one there is this run's own
-    # (redis-py repeats a command whose connection broke, and the first may have landed).
+    # (aretry_redis repeats a call whose connection broke, and the first may have landed).
     return seq, cancelled, started or (prediction.attempts == 1 and seq == 1)
 
 

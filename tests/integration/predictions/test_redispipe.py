@@ -135,3 +135,14 @@ async def test_a_connection_like_a_sync_clients_reaches_its_database(redis_db, s
 
     assert redis_db.get("flowsite-test-text") == b"from the pipe"
     assert pipe.connection.socket_timeout == settings.REDIS.socket_timeout
+
+
+def test_the_pipe_of_a_closed_loop_is_dropped_when_another_loop_needs_one(redis_db):
+    async def write() -> None:
+        await clients.get_command_pipe().execute("INCR", "flowsite-test-n")
+
+    for _ in range(3):  # as async_to_sync does: a new loop each time, closed after
+        asyncio.run(write())
+
+    assert redis_db.get("flowsite-test-n") == b"3"
+    assert len(clients._pipes) == 1  # the last loop's
