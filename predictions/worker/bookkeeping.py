@@ -66,7 +66,9 @@ def start_transaction(
     The worker's state is read under its state lock: an IDLE written before has landed, and a
     later one waits until nothing is starting or in flight (this job counts as either already).
     With `wait` False, returns None instead of waiting for the lock (the event loop's case: the
-    holder may be writing to a Redis that does not answer).
+    holder may be writing to a Redis that does not answer). Sent later from the loop, the BUSY
+    can land after a SUSPENDED that the dequeue thread wrote meanwhile (rare, and only Redis's
+    copy of the state: the next change of state corrects it).
     """
     if not worker._state_lock.acquire(blocking=wait):
         return None

@@ -552,8 +552,13 @@ class ConcurrentWorker(BaseWorker):
             return None
         job, queue = claimed
         self._starting[job.id] = False  # until _start (or _put_back) takes it over
-        self.reorder_queues(reference_queue=queue)
-        job.redis_server_version = self.get_redis_server_version()
+        try:
+            self.reorder_queues(reference_queue=queue)
+            job.redis_server_version = self.get_redis_server_version()
+        except BaseException:
+            # Not handed to the loop: the sweep requeues it from the intermediate queue.
+            self._starting.pop(job.id, None)
+            raise
         logger.info("worker %s: job %s claimed from %s", self.name, job.id, queue.name)
         return job, queue
 

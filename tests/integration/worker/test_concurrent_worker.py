@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+import redis.exceptions
 from redis import Redis
 from rq import Callback, Queue, Retry
 from rq.command import (
@@ -607,3 +608,29 @@ def test_a_start_waits_for_the_state_lock_in_a_thread_not_on_the_loop(
         runner.join(20)
 
     assert job.get_status() == JobStatus.FINISHED
+
+
+def test_a_claim_cut_short_after_the_pop_leaves_nothing_starting(
+    queue: Queue, redis_conn: Redis, make_worker: MakeWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = queue.enqueue(jobs.sleep_job, 0)
+    worker = make_worker()
+    real_version = worker.get_redis_server_version
+    calls = []
+
+    def get_redis_server_version():  # in the dequeue thread, after the job left its queue
+        calls.append(1)
+        if len(calls) == 1:
+            raise redis.exceptions.ConnectionError("cut off")
+        return real_version()
+
+    monkeypatch.setattr(worker, "get_redis_server_version", get_redis_server_version)
+    with running(worker) as runner:
+        wait_until(lambda: calls, 10, "the claim cut short")
+        # Stranded in the intermediate queue until the sweep requeues it (for any worker: not
+        # necessarily this one), heartbeat_ttl (3 s) later at the earliest; nothing is starting.
+        wait_until(lambda: worker._starting == {}, 2, "nothing starting")
+        wait_until(lambda: job.get_status() == JobStatus.FINISHED, 30, "the job rescued and run")
+        wait_until(lambda: worker_field(redis_conn, worker, "state") == "idle", 10, "worker idle")
+        worker.request_shutdown()
+        runner.join(20)
