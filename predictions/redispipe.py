@@ -28,7 +28,7 @@ import redis
 import redis.asyncio.connection as aconnection
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import DataError, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 logger = logging.getLogger(__name__)
@@ -37,7 +37,10 @@ logger = logging.getLogger(__name__)
 def _pack(args: tuple[Any, ...]) -> bytes:
     """One command in Redis' protocol: hiredis' C packer (redis-py's asyncio connection packs in
     Python, a third of this module's CPU time)."""
-    return hiredis.pack_command(args)
+    try:
+        return hiredis.pack_command(args)
+    except TypeError as exc:  # None, a bool…: redis-py's error for them
+        raise DataError(f"{args[0]!r}: {exc}") from None
 
 
 class CommandPipe:
@@ -53,9 +56,9 @@ class CommandPipe:
 
     def __init__(self, connection: AbstractConnection) -> None:
         self.connection = connection
-        # Each entry: commands sent together and the future of their last reply (a transaction's
-        # EXEC) or first error.
-        self._queue: deque[tuple[list[tuple[Any, ...]], asyncio.Future[Any]]] = deque()
+        # Each entry: commands sent together (packed), how many, and the future of their last
+        # reply (a transaction's EXEC) or first error.
+        self._queue: deque[tuple[bytes, int, asyncio.Future[Any]]] = deque()
         self._sender: asyncio.Task[None] | None = None
         self._shas: dict[str, str] = {}
 
@@ -84,9 +87,11 @@ class CommandPipe:
             return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
 
     def _put(self, commands: list[tuple[Any, ...]]) -> asyncio.Future[Any]:
+        # Packed here: an argument Redis cannot take fails its own caller, now.
+        packed = b"".join([_pack(args) for args in commands])
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._queue.append((commands, future))
+        self._queue.append((packed, len(commands), future))
         if self._sender is None:
             # Starts at the loop's next turn, with every command queued in this one.
             self._sender = loop.create_task(self._send_queued())
@@ -99,7 +104,7 @@ class CommandPipe:
                 self._queue.clear()
                 await self._round_trip(batch)
         except BaseException as exc:  # cancelled (the loop ends): so are the commands waiting
-            for _, future in self._queue:
+            for _, _, future in self._queue:
                 future.cancel()
             self._queue.clear()
             if not isinstance(exc, asyncio.CancelledError):
@@ -108,21 +113,17 @@ class CommandPipe:
         finally:
             self._sender = None
 
-    async def _round_trip(
-        self, batch: list[tuple[list[tuple[Any, ...]], asyncio.Future[Any]]]
-    ) -> None:
+    async def _round_trip(self, batch: list[tuple[bytes, int, asyncio.Future[Any]]]) -> None:
         connection = self.connection
         done = 0
         try:
             # One timeout for the write and all its replies: redis-py's own, per reply, schedules
             # and cancels a timer each time.
             async with asyncio.timeout(connection.socket_timeout):
-                await connection.send_packed_command(
-                    b"".join([_pack(args) for commands, _ in batch for args in commands])
-                )
-                for commands, future in batch:
+                await connection.send_packed_command(b"".join([packed for packed, _, _ in batch]))
+                for _, count, future in batch:
                     error: ResponseError | None = None
-                    for _ in commands:
+                    for _ in range(count):
                         try:
                             reply = await connection.read_response(timeout=math.inf)
                         except ResponseError as exc:  # this command's error only
@@ -137,8 +138,8 @@ class CommandPipe:
             # redis-py has closed the connection (it opens again at the next send): the
             # replies not read are lost, so their commands fail with the error.
             if type(exc) is TimeoutError:  # asyncio.timeout's, as redis-py would raise it
-                exc = RedisTimeoutError(f"Timeout reading from {connection.host}")
-            for _, future in batch[done:]:
+                exc = RedisTimeoutError("Timeout reading from Redis")
+            for _, _, future in batch[done:]:
                 if not future.done():
                     if isinstance(exc, asyncio.CancelledError):
                         future.cancel()

@@ -9,7 +9,7 @@ import pytest
 import redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError, ResponseError, TimeoutError
+from redis.exceptions import ConnectionError, DataError, ResponseError, TimeoutError
 
 from predictions import clients
 from predictions.redispipe import CommandPipe, connection_like
@@ -61,6 +61,17 @@ async def test_an_error_reply_fails_its_own_command_only(redis_db):
     assert results[2] == 2
     assert isinstance(results[1], ResponseError)
     assert "not an integer" in str(results[1])
+
+
+async def test_an_argument_redis_cannot_take_fails_its_own_command_at_once(redis_db):
+    pipe = clients.get_command_pipe()
+    fine = pipe.execute("INCR", "flowsite-test-n")
+
+    with pytest.raises(DataError, match="SET"):
+        pipe.execute("SET", "flowsite-test-text", None)
+
+    assert await fine == 1
+    assert redis_db.get("flowsite-test-text") is None
 
 
 async def test_a_script_runs_again_after_redis_forgot_it(redis_db):
