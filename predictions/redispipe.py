@@ -5,7 +5,7 @@ predictions at once. Through redis-py's asyncio client each cost 70-100 µs of C
 checkout, a task for `wait_for` around the send, a timer for the read's timeout, a send and a
 receive of its own); most of it per command, not per byte. A `CommandPipe` queues the commands
 of a loop and sends all that are waiting in one write on one connection, then reads their
-replies in order: 11-12 µs a command (`python -m bench.redis_writes`), with the replies and
+replies in order: 8-12 µs a command (`python -m bench.redis_writes`), with the replies and
 errors each command would get from redis-py.
 
 The connection is redis-py's own (`ConnectionPool.make_connection`: the URL, AUTH, TLS, the
