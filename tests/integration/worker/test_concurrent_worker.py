@@ -285,6 +285,12 @@ def test_cancel_job_stops_an_in_flight_job(queue: Queue, make_worker: MakeWorker
     assert long_job.get_meta()["cancelled"] == CANCELLED_TO_STOP
 
 
+def assert_stopped_before_it_ran(job: Job, queue: Queue) -> None:
+    assert job.get_status() == JobStatus.STOPPED
+    assert job.id in FailedJobRegistry(queue=queue)
+    assert "cancelled" not in job.get_meta()  # cancel_aware_job never ran
+
+
 def test_a_stop_that_comes_between_claim_and_start_stops_the_job(
     queue: Queue, make_worker: MakeWorker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -304,9 +310,7 @@ def test_a_stop_that_comes_between_claim_and_start_stops_the_job(
     worker.work(burst=True)
 
     assert answers == [True]
-    assert job.get_status() == JobStatus.STOPPED
-    assert job.id in FailedJobRegistry(queue=queue)
-    assert "cancelled" not in job.get_meta()  # it never ran
+    assert_stopped_before_it_ran(job, queue)
     assert worker._starting == {}
 
 
@@ -327,9 +331,7 @@ def test_a_stop_that_comes_while_the_job_is_starting_stops_it(
     worker.work(burst=True)
 
     assert answers == [True]
-    assert job.get_status() == JobStatus.STOPPED
-    assert job.id in FailedJobRegistry(queue=queue)
-    assert "cancelled" not in job.get_meta()
+    assert_stopped_before_it_ran(job, queue)
 
 
 def test_no_idle_state_while_a_job_is_starting(
