@@ -93,26 +93,12 @@ def commands(pipeline: Pipeline) -> list[tuple[Any, ...]]:
     return [args for args, _ in pipeline.command_stack]
 
 
-def record_success(
-    worker: ConcurrentWorker, job: Job, queue: Queue, execution: Execution, return_value: object
-) -> bool:
-    """Record a job that returned as rq's `_finalize_success` does, in one transaction where rq
-    takes four round trips; return False, recording nothing, for a job that needs rq's own path
-    (see `success_transaction`)."""
-    pipeline = success_transaction(worker, job, execution, return_value)
-    if pipeline is None:
-        return False
-    with pipeline:
-        dependents = pipeline.execute()[-1]
-    after_success(worker, job, queue, dependents)
-    return True
-
-
 def success_transaction(
     worker: ConcurrentWorker, job: Job, execution: Execution, return_value: object
 ) -> Pipeline | None:
-    """The transaction that records a job's success, not executed; None for a job that needs
-    rq's own path (a `Retry` result, a success callback, repeats, a result kept for 0 s: rq
+    """The transaction that records a job's success as rq's `_finalize_success` does, in one
+    transaction where rq takes four round trips; not executed. None for a job that needs rq's
+    own path (a `Retry` result, a success callback, repeats, a result kept for 0 s: rq
     deletes such a job, its dependents' list with it, so only its WATCHed read finds them).
 
     rq reads the job's dependents under WATCH before it commits. Here the transaction counts

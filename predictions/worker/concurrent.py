@@ -340,12 +340,6 @@ class ConcurrentWorker(BaseWorker):
         with self._state_lock:
             return super().prepare_execution(job)
 
-    def _finalize_success(
-        self, job: Job, queue: Queue, execution: Execution, return_value: Any
-    ) -> None:
-        if not bookkeeping.record_success(self, job, queue, execution, return_value):
-            super()._finalize_success(job, queue, execution, return_value)
-
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         self.request_shutdown(force=self._stopping)
 
