@@ -14,7 +14,11 @@ django_asgi_app = PooledThreadsASGIHandler()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-from flowsite.runtime import skip_twisted_form_parsing, tune_gc  # noqa: E402
+from flowsite.runtime import (  # noqa: E402
+    send_twisted_writes_at_once,
+    skip_twisted_form_parsing,
+    tune_gc,
+)
 from predictions.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
@@ -25,4 +29,5 @@ application = ProtocolTypeRouter(
 )
 
 skip_twisted_form_parsing()
+send_twisted_writes_at_once()
 tune_gc()
