@@ -11,9 +11,10 @@ class PredictionsConfig(AppConfig):
         from django.conf import settings
 
         from flowsite import checks  # noqa: F401  (registers the system checks)
-        from flowsite.runtime import skip_request_started_cleanup
+        from flowsite.runtime import remember_rq_serializers, skip_request_started_cleanup
 
         skip_request_started_cleanup(debug=settings.DEBUG)
+        remember_rq_serializers()
 
         from django.db.models.signals import post_delete, post_save
 
