@@ -8,8 +8,9 @@ from urllib.parse import urlsplit
 
 import psycopg
 import pytest
-from psycopg_pool import PoolTimeout
+from psycopg_pool import ConnectionPool, PoolTimeout
 
+from flowsite.postgresql import base
 from flowsite.postgresql.base import FailFastPool
 from tests.integration.worker.helpers import free_port
 
@@ -75,6 +76,79 @@ def test_pool_replaces_connections_a_restart_broke_without_waiting() -> None:
         finally:
             pool.putconn(conn)
         # psycopg_pool alone sleeps 1 s, then 2 s… between broken connections.
+        assert time.monotonic() - started < 1.0
+    finally:
+        pool.close()
+
+
+@pytest.fixture
+def checks(monkeypatch) -> list[object]:
+    """The connections psycopg_pool's round-trip check was run on."""
+    checked: list[object] = []
+    check = ConnectionPool.check_connection
+
+    def counting(conn) -> None:
+        checked.append(conn)
+        check(conn)
+
+    monkeypatch.setattr(ConnectionPool, "check_connection", staticmethod(counting))
+    return checked
+
+
+def _pool_of_one() -> FailFastPool:
+    pool = FailFastPool(
+        _conninfo(),
+        kwargs={"autocommit": True},
+        min_size=1,
+        max_size=1,
+        timeout=POOL_TIMEOUT,
+        check=FailFastPool.check_connection_in_doubt,
+        open=False,
+    )
+    pool.open(wait=True)
+    return pool
+
+
+def test_a_connection_given_back_moments_ago_is_taken_without_a_round_trip(
+    checks, monkeypatch
+) -> None:
+    pool = _pool_of_one()
+    try:
+        first = pool.getconn()  # new: never given back, so checked
+        assert checks == [first]
+        pool.putconn(first)
+
+        again = pool.getconn()
+        assert again is first
+        assert checks == [first]  # given back just now, nothing to read: trusted
+        assert again.execute("SELECT 1").fetchone() == (1,)
+        pool.putconn(again)
+
+        monkeypatch.setattr(base, "TRUSTED_IDLE_SECONDS", 0.0)  # as if idle for long
+        pool.putconn(pool.getconn())
+        assert checks == [first, first]
+    finally:
+        pool.close()
+
+
+def test_a_connection_the_server_closed_since_it_was_given_back_is_replaced(checks) -> None:
+    pool = _pool_of_one()
+    try:
+        conn = pool.getconn()
+        backend_pid = conn.info.backend_pid
+        pool.putconn(conn)
+        with psycopg.connect(_conninfo(), autocommit=True) as admin:
+            # Returns once the backend is gone: it said why and closed the connection.
+            admin.execute("SELECT pg_terminate_backend(%s, 5000)", (backend_pid,))
+
+        started = time.monotonic()
+        replaced = pool.getconn()
+        try:
+            assert replaced.execute("SELECT 1").fetchone() == (1,)
+            assert replaced.info.backend_pid != backend_pid
+        finally:
+            pool.putconn(replaced)
+        assert conn in checks  # readable, so checked: the check found it broken
         assert time.monotonic() - started < 1.0
     finally:
         pool.close()
