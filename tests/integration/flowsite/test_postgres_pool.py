@@ -28,14 +28,14 @@ def _conninfo(port: int | None = None) -> str:
     )
 
 
+def _pool(conninfo: str | None = None, **options) -> FailFastPool:
+    """A pool not opened yet, with psycopg_pool's round-trip check unless told otherwise."""
+    options.setdefault("check", FailFastPool.check_connection)
+    return FailFastPool(conninfo or _conninfo(), timeout=POOL_TIMEOUT, open=False, **options)
+
+
 def test_pool_refuses_at_once_while_the_database_is_unreachable() -> None:
-    pool = FailFastPool(
-        _conninfo(free_port()),
-        min_size=1,
-        timeout=POOL_TIMEOUT,
-        check=FailFastPool.check_connection,
-        open=False,
-    )
+    pool = _pool(_conninfo(free_port()), min_size=1)
     pool.open()
     try:
         for _ in range(3):
@@ -49,14 +49,7 @@ def test_pool_refuses_at_once_while_the_database_is_unreachable() -> None:
 
 
 def test_pool_replaces_connections_a_restart_broke_without_waiting() -> None:
-    pool = FailFastPool(
-        _conninfo(),
-        min_size=3,
-        max_size=3,
-        timeout=POOL_TIMEOUT,
-        check=FailFastPool.check_connection,
-        open=False,
-    )
+    pool = _pool(min_size=3, max_size=3)
     pool.open(wait=True)
     try:
         # What a restart does to every pooled connection: the server side is gone.
@@ -96,14 +89,11 @@ def checks(monkeypatch) -> list[object]:
 
 
 def _pool_of_one() -> FailFastPool:
-    pool = FailFastPool(
-        _conninfo(),
+    pool = _pool(
         kwargs={"autocommit": True},
         min_size=1,
         max_size=1,
-        timeout=POOL_TIMEOUT,
         check=FailFastPool.check_connection_in_doubt,
-        open=False,
     )
     pool.open(wait=True)
     return pool
