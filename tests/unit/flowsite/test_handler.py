@@ -12,7 +12,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from asgiref.testing import ApplicationCommunicator
 from django.core import signals
-from django.db import connections
+from django.db import close_old_connections, connections
 from django.http import HttpResponse
 from django.urls import path
 
@@ -68,10 +68,11 @@ def finished_on():
     signals.request_finished.disconnect(record)
 
 
-async def test_requests_one_after_another_reuse_one_thread(finished_on):
+async def test_requests_one_after_another_reuse_one_thread(finished_on, settings):
+    settings.ROOT_URLCONF = __name__
     handler = PooledThreadsASGIHandler(RequestThreads(idle_kept=4))
 
-    statuses = [await _get(handler) for _ in range(3)]
+    statuses = [await _get(handler, "/hold") for _ in range(3)]
 
     assert statuses == [200, 200, 200]
     assert len(finished_on) == 3
@@ -191,7 +192,45 @@ async def _waiting_view(request):
     return HttpResponse("answered")
 
 
-urlpatterns = [path("wait", _waiting_view)]
+async def _holding_view(request):
+    await sync_to_async(threading.get_ident)()  # takes a thread, kept to the request's end
+    return HttpResponse("answered")
+
+
+async def _answering_view(request):
+    return HttpResponse("answered")
+
+
+async def _handing_back_view(request):
+    await sync_to_async(threading.get_ident)()
+    hand_back_request_thread()
+    return HttpResponse("answered")
+
+
+urlpatterns = [
+    path("wait", _waiting_view),
+    path("hold", _holding_view),
+    path("hand-back", _handing_back_view),
+    path("answer", _answering_view),
+]
+
+
+async def test_a_request_that_holds_no_thread_is_finished_on_the_event_loop(finished_on, settings):
+    settings.ROOT_URLCONF = __name__
+    handler = PooledThreadsASGIHandler(RequestThreads(idle_kept=4))
+    # As in the web process (flowsite.runtime): Django's test client connects it again.
+    cleanup = signals.request_started.disconnect(close_old_connections)
+    try:
+        # Never took a thread; took one and handed it back before answering.
+        statuses = [await _get(handler, "/answer"), await _get(handler, "/hand-back")]
+    finally:
+        if cleanup:
+            signals.request_started.connect(close_old_connections)
+
+    assert statuses == [200, 200]
+    assert finished_on == [threading.get_ident()] * 2  # once each, without a thread hop
+    assert handler.threads.lent == 0
+    assert handler.threads.idle == 1  # the one /hand-back took for its call
 
 
 async def test_requests_that_wait_after_handing_their_thread_back_hold_none(settings):
