@@ -1,4 +1,4 @@
-"""The load generator: N predictions at concurrency C over httpx, each one validated.
+"""The load generator: N predictions at concurrency C over aiohttp, each one validated.
 
 Every prediction uses a new chatId, so the chatflow's memory starts empty (Flowise's benchmark
 emptied it before each row). Non-streaming predictions must answer 200 with `text` equal to the
@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import httpx
+import aiohttp
 
 REQUEST_TIMEOUT_SECONDS = 330.0  # PREDICTION_TIMEOUT (300) + its margin + slack
 ERROR_SAMPLES = 5
@@ -63,32 +63,29 @@ def percentile(values: Sequence[float], p: float) -> float | None:
     return ordered[rank]
 
 
-def new_clients(concurrency: int) -> list[httpx.AsyncClient]:
+def new_clients(concurrency: int) -> list[aiohttp.ClientSession]:
     """Return `concurrency` HTTP/1.1 clients of one keep-alive connection each.
 
-    One client per concurrent caller rather than one client with `concurrency` connections:
-    httpcore's pool does work proportional to its connections on every request and response, so
-    a single shared client spends several ms of CPU per request at C=200 (measured: 5.8 ms at
-    C=200 against 1.5 ms like this) and becomes the bottleneck of the benchmark.
+    aiohttp, not httpx: the load generator shares the machine's two cores with the processes it
+    measures, and httpx spent 1.4 ms of CPU per non-streaming prediction (2.1 ms streamed) at
+    C=50, aiohttp about a third of that (bench/README.md, item 56). One client per concurrent
+    caller, each with its own connection, as a browser or SDK per user would have.
     """
+    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS, connect=30.0)
     return [
-        httpx.AsyncClient(
-            http1=True,
-            http2=False,
-            limits=httpx.Limits(
-                max_connections=1, max_keepalive_connections=1, keepalive_expiry=300
-            ),
-            timeout=httpx.Timeout(
-                REQUEST_TIMEOUT_SECONDS, connect=30.0, pool=REQUEST_TIMEOUT_SECONDS
-            ),
+        aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=1, keepalive_timeout=300),
+            timeout=timeout,
+            auto_decompress=False,
+            trust_env=False,
         )
         for _ in range(concurrency)
     ]
 
 
-async def close_clients(clients: Sequence[httpx.AsyncClient]) -> None:
+async def close_clients(clients: Sequence[aiohttp.ClientSession]) -> None:
     """Close every client."""
-    await asyncio.gather(*(client.aclose() for client in clients))
+    await asyncio.gather(*(client.close() for client in clients))
 
 
 def _short(text: str, limit: int = 160) -> str:
@@ -96,21 +93,39 @@ def _short(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-async def predict_json(client: httpx.AsyncClient, url: str, question: str, expected: str) -> Sample:
+def _body(question: str, chat_id: str, streaming: bool = False) -> bytes:
+    body: dict[str, object] = {"question": question, "chatId": chat_id}
+    if streaming:
+        body["streaming"] = True
+    return json.dumps(body).encode()
+
+
+_JSON = {"Content-Type": "application/json"}
+TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
+
+
+async def predict_json(
+    client: aiohttp.ClientSession, url: str, question: str, expected: str
+) -> Sample:
     """Run one non-streaming prediction and validate its answer."""
     chat_id = str(uuid.uuid4())
     started = time.perf_counter()
     try:
-        response = await client.post(url, json={"question": question, "chatId": chat_id})
-    except httpx.HTTPError as exc:
+        async with client.post(url, data=_body(question, chat_id), headers=_JSON) as response:
+            status = response.status
+            content = await response.read()
+    except TRANSPORT_ERRORS as exc:
         return Sample(False, time.perf_counter() - started, error=f"{type(exc).__name__}: {exc}")
     latency = time.perf_counter() - started
-    if response.status_code != 200:
-        return Sample(False, latency, error=f"HTTP {response.status_code}: {_short(response.text)}")
+    if status != 200:
+        return Sample(
+            False, latency, error=f"HTTP {status}: {_short(content.decode(errors='replace'))}"
+        )
     try:
-        data = response.json()
+        data = json.loads(content)
     except ValueError:
-        return Sample(False, latency, error=f"body is not JSON: {_short(response.text)}")
+        text = content.decode(errors="replace")
+        return Sample(False, latency, error=f"body is not JSON: {_short(text)}")
     if not isinstance(data, dict) or data.get("text") != expected:
         text = data.get("text") if isinstance(data, dict) else data
         return Sample(False, latency, error=f"wrong text: {_short(repr(text))}")
@@ -132,11 +147,11 @@ def _frames(buffer: bytearray) -> list[dict]:
 
 
 async def predict_stream(
-    client: httpx.AsyncClient, url: str, question: str, expected: str
+    client: aiohttp.ClientSession, url: str, question: str, expected: str
 ) -> Sample:
     """Run one streaming prediction, timing the first token and the `end` frame; validate it."""
     chat_id = str(uuid.uuid4())
-    body = {"question": question, "chatId": chat_id, "streaming": True}
+    body = _body(question, chat_id, streaming=True)
     started = time.perf_counter()
     ttft: float | None = None
     ended: float | None = None
@@ -144,24 +159,24 @@ async def predict_stream(
     tokens: list[str] = []
     problem = ""
     try:
-        async with client.stream("POST", url, json=body) as response:
-            if response.status_code != 200:
-                text = (await response.aread()).decode(errors="replace")
+        async with client.post(url, data=body, headers=_JSON) as response:
+            if response.status != 200:
+                text = (await response.read()).decode(errors="replace")
                 return Sample(
                     False,
                     time.perf_counter() - started,
-                    error=f"HTTP {response.status_code}: {_short(text)}",
+                    error=f"HTTP {response.status}: {_short(text)}",
                 )
             content_type = response.headers.get("content-type", "")
             if not content_type.startswith("text/event-stream"):
-                text = (await response.aread()).decode(errors="replace")
+                text = (await response.read()).decode(errors="replace")
                 return Sample(
                     False,
                     time.perf_counter() - started,
                     error=f"not SSE ({content_type}): {_short(text)}",
                 )
             buffer = bytearray()
-            async for chunk in response.aiter_raw():
+            async for chunk in response.content.iter_any():
                 buffer += chunk
                 for payload in _frames(buffer):
                     name = payload.get("event")
@@ -174,7 +189,7 @@ async def predict_stream(
                         problem = f"error event: {_short(str(payload.get('data')))}"
                     elif name == "end":
                         ended = time.perf_counter()
-    except (httpx.HTTPError, ValueError) as exc:
+    except (*TRANSPORT_ERRORS, ValueError) as exc:
         return Sample(False, time.perf_counter() - started, ttft, f"{type(exc).__name__}: {exc}")
     latency = (ended or time.perf_counter()) - started
     if not problem:
@@ -190,7 +205,7 @@ async def predict_stream(
 
 
 async def run_load(
-    clients: Sequence[httpx.AsyncClient],
+    clients: Sequence[aiohttp.ClientSession],
     url: str,
     *,
     requests: int,
@@ -202,7 +217,7 @@ async def run_load(
     samples: list[Sample] = []
     predict = predict_stream if streaming else predict_json
 
-    async def worker(client: httpx.AsyncClient) -> None:
+    async def worker(client: aiohttp.ClientSession) -> None:
         for index in indices:
             samples.append(await predict(client, url, f"benchmark question {index}", expected))
 
