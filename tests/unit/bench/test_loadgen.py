@@ -45,10 +45,17 @@ async def _load(url: str, *, streaming: bool, requests: int = 4, concurrency: in
         await close_clients(clients)
 
 
-def _answer(text: str) -> Handler:
+def _answer(text: str, chat_id: str | None = None) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
         body = await request.json()
-        return web.json_response({"text": text, "chatId": body["chatId"]})
+        return web.json_response({"text": text, "chatId": chat_id or body["chatId"]})
+
+    return handler
+
+
+def _reply(status: int, text: str) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=status, text=text)
 
     return handler
 
@@ -90,19 +97,13 @@ async def test_right_answers_are_ok_each_request_with_its_own_chat_id(serve) -> 
     ("handler", "error"),
     [
         (_answer("tok0 "), "wrong text: 'tok0 '"),
-        (
-            lambda request: web.Response(status=503, text="queue full"),
-            "HTTP 503: queue full",
-        ),
-        (lambda request: web.Response(text="<html>"), "body is not JSON: <html>"),
+        (_answer(EXPECTED, chat_id="another"), "wrong chatId: 'another'"),
+        (_reply(503, "queue full"), "HTTP 503: queue full"),
+        (_reply(200, "<html>"), "body is not JSON: <html>"),
     ],
 )
 async def test_wrong_answers_are_errors_with_what_was_wrong(serve, handler, error) -> None:
-    async def handle(request: web.Request) -> web.StreamResponse:
-        result = handler(request)
-        return await result if hasattr(result, "__await__") else result
-
-    result = await _load(await serve(handle), streaming=False)
+    result = await _load(await serve(handler), streaming=False)
 
     assert result.errors == 4
     assert result.error_summary() == [f"4 x {error}"]
@@ -132,6 +133,13 @@ async def test_a_broken_stream_is_an_error_with_what_broke(serve, frames, error)
     result = await _load(await serve(_stream(*frames)), streaming=True)
 
     assert result.error_summary() == [f"4 x {error}"]
+
+
+async def test_a_stream_answered_as_json_is_an_error(serve) -> None:
+    result = await _load(await serve(_answer(EXPECTED)), streaming=True)
+
+    assert result.errors == 4
+    assert all(s.error.startswith("not SSE (application/json") for s in result.samples)
 
 
 async def test_a_refused_connection_is_an_error(unused_tcp_port: int) -> None:
