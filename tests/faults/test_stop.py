@@ -85,8 +85,12 @@ def test_abort_50_running_and_50_queued_predictions(fault_stack: Stack, measure)
                     responded[chat_id] = time.monotonic() - started
                     return chat_id, started, response.status_code
 
-            # Queued ones first: stopping a running one frees a slot that a queued one would take.
-            requests = await asyncio.gather(*(stop(i, c) for i, c in enumerate(queued + running)))
+            # Every queued one first: stopping a running one frees a slot, and a worker then claims
+            # a queued one whose stop has not landed yet (it would run as a started one).
+            requests = await asyncio.gather(*(stop(i, c) for i, c in enumerate(queued)))
+            requests += await asyncio.gather(
+                *(stop(i, c) for i, c in enumerate(running, start=len(queued)))
+            )
             outcomes = {o.chat_id: o for o in await asyncio.gather(*clients)}
             return rows, running, queued, requests, outcomes, responded
 
