@@ -116,16 +116,19 @@ def _closing_on_the_loop(sync_to_async: Callable[..., Any]) -> Callable[..., Any
     """
 
     def patched(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Callable[..., Any]:
-        hop = sync_to_async(func, *args, **kwargs)
-        if args or kwargs or not isinstance(getattr(func, "__self__", None), HttpResponseBase):
-            return hop
-        if getattr(func, "__name__", "") != "close":
-            return hop
+        closes_a_response = (
+            not args
+            and not kwargs
+            and getattr(func, "__name__", "") == "close"
+            and isinstance(getattr(func, "__self__", None), HttpResponseBase)
+        )
+        if not closes_a_response:
+            return sync_to_async(func, *args, **kwargs)
 
         async def close() -> Any:
             thread = _request_thread.get()
-            if thread is None or thread.holding:
-                return await hop()
+            if thread is None or thread.holding:  # the hop, built only when it is taken
+                return await sync_to_async(func)()
             return func()
 
         return close
