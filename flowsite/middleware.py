@@ -33,7 +33,7 @@ def _allow_origin(origin: str | None) -> str | None:
 
 
 def _label(request: HttpRequest, response: HttpResponse) -> HttpResponse:
-    allowed = _allow_origin(request.headers.get("Origin"))
+    allowed = _allow_origin(request.META.get("HTTP_ORIGIN"))  # request.headers copies them all
     if allowed:
         response["Access-Control-Allow-Origin"] = allowed
         if allowed != "*":
@@ -80,6 +80,14 @@ class CorsMiddleware:
             return preflight
         return _label(request, await self.get_response(request))
 
+    # The same, as hooks (flowsite.handler.DirectRoutes runs them without the chain).
+
+    def process_request(self, request: HttpRequest) -> HttpResponse | None:
+        return _preflight(request) if request.path.startswith(API_PREFIX) else None
+
+    def process_response(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        return _label(request, response) if request.path.startswith(API_PREFIX) else response
+
 
 # --- Django's middleware, without a thread per hook -------------------------------------------
 
@@ -93,7 +101,13 @@ class InlineMiddlewareMixin:
     I/O, except where `needs_thread` says so (a session to save, messages to store, CSRF tokens
     kept in the session); only then does a hook go to a thread, as Django would. Sync mode
     (WSGI, the test client) is unchanged.
+
+    `only_for_cookies`: the middleware acts on what a request's cookies carry (a session, its
+    user, messages, a CSRF token) and changes nothing for a request without cookies to a view
+    that is exempt from CSRF and uses none of them; flowsite.handler.DirectRoutes skips it then.
     """
+
+    only_for_cookies = False
 
     def needs_thread(self, request: HttpRequest, response: HttpResponse | None) -> bool:
         return False
@@ -133,8 +147,12 @@ class XFrameOptionsMiddleware(InlineMiddlewareMixin, clickjacking.XFrameOptionsM
 class AuthenticationMiddleware(InlineMiddlewareMixin, auth_middleware.AuthenticationMiddleware):
     """Sets the lazy `request.user` and `request.auser` (no query until they are used)."""
 
+    only_for_cookies = True
+
 
 class SessionMiddleware(InlineMiddlewareMixin, session_middleware.SessionMiddleware):
+    only_for_cookies = True
+
     def needs_thread(self, request: HttpRequest, response: HttpResponse | None) -> bool:
         session = getattr(request, "session", None)
         return (
@@ -150,6 +168,8 @@ class MessageMiddleware(InlineMiddlewareMixin, message_middleware.MessageMiddlew
     Building it signs nothing but derives a cookie signer's keys, which cost more than the rest
     of the middleware together; only admin pages use messages, API requests never do.
     """
+
+    only_for_cookies = True
 
     def process_request(self, request: HttpRequest) -> None:
         request._messages = SimpleLazyObject(lambda: default_storage(request))
@@ -174,6 +194,8 @@ def _messages_used(request: HttpRequest) -> bool:
 
 
 class CsrfViewMiddleware(InlineMiddlewareMixin, csrf.CsrfViewMiddleware):
+    only_for_cookies = True
+
     def needs_thread(self, request: HttpRequest, response: HttpResponse | None) -> bool:
         return settings.CSRF_USE_SESSIONS
 

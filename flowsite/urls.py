@@ -9,6 +9,8 @@ from django.views.static import serve
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from flowsite import health
+from predictions.urls import app_name as predictions_app
+from predictions.urls import prediction_route
 from queueadmin.metrics import metrics_view
 
 # Swagger UI's assets come from drf-spectacular-sidecar (no CDN); daphne serves no static files.
@@ -32,3 +34,7 @@ urlpatterns = [
     path("", include("queueadmin.static_urls")),
     path("", include("predictions.web_urls")),
 ]
+
+# Cookie-less requests reach these without the middleware chain (flowsite.handler.DirectRoutes);
+# each is also in urlpatterns, where everything else reaches it.
+direct_urlpatterns = [path("api/v1/", include(([prediction_route], predictions_app)))]

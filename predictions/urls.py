@@ -7,6 +7,9 @@ from queueadmin import api as queueadmin_api
 
 app_name = "predictions"
 
+# Also a direct route (flowsite.urls.direct_urlpatterns).
+prediction_route = path("prediction/<str:chatflow_id>", predict.prediction_create, name="create")
+
 urlpatterns = [
     path("ping", chatflows.ping, name="ping"),
     path("chatflows", chatflows.ChatflowListApi.as_view(), name="chatflow-list"),
@@ -23,7 +26,7 @@ urlpatterns = [
         chatflows.public_chatbot_config,
         name="public-chatbot-config",
     ),
-    path("prediction/<str:chatflow_id>", predict.prediction_create, name="create"),
+    prediction_route,
     path("predictions/<str:prediction_id>", predict.prediction_detail, name="detail"),
     path("predictions/<str:prediction_id>/events", predict.prediction_events, name="events"),
     path("predictions/<str:prediction_id>/cancel", predict.prediction_cancel, name="cancel"),
