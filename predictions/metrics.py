@@ -98,6 +98,7 @@ class _Run:
     chatflow: str
     started: float
     first_token: bool = False
+    tokens: Any = None  # TOKENS of its chatflow, looked up once rather than per token
 
 
 # Runs of this process by prediction id; entries older than a day are dropped as leftovers.
@@ -133,7 +134,9 @@ def prediction_started(prediction: Any) -> None:
             for pid, run in list(_runs.items()):
                 if now - run.started > _RUN_MAX_AGE:
                     _runs.pop(pid, None)
-        _runs[str(prediction.id)] = _Run(chatflow=chatflow, started=now)
+        _runs[str(prediction.id)] = _Run(
+            chatflow=chatflow, started=now, tokens=TOKENS.labels(chatflow)
+        )
     except Exception:  # metrics must never break a prediction
         logger.exception("metrics: prediction_started failed")
 
@@ -143,11 +146,13 @@ def prediction_event(prediction_id: str, name: str) -> None:
     if name != "token":
         return
     run = _runs.get(prediction_id)
-    chatflow = run.chatflow if run else UNKNOWN
-    TOKENS.labels(chatflow).inc()
-    if run is not None and not run.first_token:
+    if run is None:
+        TOKENS.labels(UNKNOWN).inc()
+        return
+    run.tokens.inc()
+    if not run.first_token:
         run.first_token = True
-        FIRST_TOKEN.labels(chatflow).observe(time.monotonic() - run.started)
+        FIRST_TOKEN.labels(run.chatflow).observe(time.monotonic() - run.started)
 
 
 def prediction_succeeded(prediction_id: str) -> None:
