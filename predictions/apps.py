@@ -11,10 +11,15 @@ class PredictionsConfig(AppConfig):
         from django.conf import settings
 
         from flowsite import checks  # noqa: F401  (registers the system checks)
-        from flowsite.runtime import remember_rq_serializers, skip_request_started_cleanup
+        from flowsite.runtime import (
+            remember_rq_serializers,
+            skip_request_started_cleanup,
+            speed_up_rq_timestamps,
+        )
 
         skip_request_started_cleanup(debug=settings.DEBUG)
         remember_rq_serializers()
+        speed_up_rq_timestamps()
 
         from django.db.models.signals import post_delete, post_save
 
