@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.client_proto import ResponseHandler
 from aiohttp.test_utils import TestServer
 
 from predictions.engine import EngineConfig, ProviderError, RunInput, parse_flow, run_flow
@@ -270,20 +271,20 @@ async def test_cancelling_run_closes_the_model_connection(openai_stub: OpenAIStu
     assert len(tokens) < 200
 
 
-def _model(client: aiohttp.ClientSession, base_url: str) -> OpenAIChatModel:
-    settings = OpenAISettings(base_url=base_url, api_key="k", model="m", timeout=Timeout(5, 5))
+def _model(client: aiohttp.ClientSession, base_url: str, read: float = 5) -> OpenAIChatModel:
+    settings = OpenAISettings(base_url=base_url, api_key="k", model="m", timeout=Timeout(5, read))
     return OpenAIChatModel(
         node_id="n", node_type="chatOpenAI", settings=settings, client=lambda: client
     )
 
 
 @contextlib.asynccontextmanager
-async def _served(completions: Any) -> AsyncIterator[OpenAIChatModel]:
+async def _served(completions: Any, read: float = 5) -> AsyncIterator[OpenAIChatModel]:
     """A model whose server answers chat completions with `completions` (a real HTTP server)."""
     app = web.Application()
     app.router.add_post("/v1/chat/completions", completions)
     async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as client:
-        yield _model(client, str(server.make_url("/v1")))
+        yield _model(client, str(server.make_url("/v1")), read)
 
 
 async def _stream_body(request: web.Request, *chunks: bytes) -> web.StreamResponse:
@@ -292,6 +293,89 @@ async def _stream_body(request: web.Request, *chunks: bytes) -> web.StreamRespon
     for chunk in chunks:
         await response.write(chunk)
     return response
+
+
+def _chunk(content: str) -> bytes:
+    return b'data: {"choices": [{"delta": {"content": "%s"}}]}\n\n' % content.encode()
+
+
+@pytest.fixture
+def aiohttp_read_timers(monkeypatch) -> list[float | None]:
+    """The read timeout aiohttp's protocol had each time it restarted its read timer (a timer
+    started when not None), and -1.0 where such a timer went off."""
+    restarts: list[float | None] = []
+    restart, timer_went_off = ResponseHandler._reschedule_timeout, ResponseHandler._on_read_timeout
+
+    def recorded(self: ResponseHandler) -> None:
+        restarts.append(self.read_timeout)
+        restart(self)
+
+    def went_off(self: ResponseHandler) -> None:
+        restarts.append(-1.0)
+        timer_went_off(self)
+
+    monkeypatch.setattr(ResponseHandler, "_reschedule_timeout", recorded)
+    monkeypatch.setattr(ResponseHandler, "_on_read_timeout", went_off)
+    return restarts
+
+
+async def test_chat_openai_stream_that_stalls_mid_body_is_provider_timeout(
+    aiohttp_read_timers,
+) -> None:
+    release = asyncio.Event()
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        response = await _stream_body(request, _chunk("a"))
+        await asyncio.sleep(0.1)
+        await response.write(_chunk("b"))
+        await release.wait()  # then nothing
+        return response
+
+    chunks: list[str] = []
+    stalled_at = 0.0
+
+    async def read(model: OpenAIChatModel) -> None:
+        nonlocal stalled_at
+        async for chunk in model.stream([{"role": "user", "content": "x"}]):
+            chunks.append(chunk)
+            stalled_at = time.monotonic()
+
+    async with _served(completions, read=0.3) as model:
+        try:
+            with pytest.raises(ProviderError) as info:
+                await asyncio.wait_for(read(model), 5)
+        finally:
+            release.set()
+    waited = time.monotonic() - stalled_at
+
+    assert chunks == ["a", "b"]
+    assert (info.value.code, info.value.http_status) == ("provider_timeout", 504)
+    assert "sent nothing for 0.3s (read timeout)" in info.value.message
+    assert 0.3 <= waited < 2
+    assert -1.0 not in aiohttp_read_timers  # ended by the loop's check, not an aiohttp timer
+
+
+async def test_chat_openai_stream_with_gaps_shorter_than_its_read_timeout_is_read_whole(
+    aiohttp_read_timers,
+) -> None:
+    async def completions(request: web.Request) -> web.StreamResponse:
+        response = await _stream_body(request)
+        for index in range(8):  # 0.8 s in all, more than the read timeout; 0.1 s between
+            await response.write(_chunk(f"t{index}"))
+            await asyncio.sleep(0.1)
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    async with _served(completions, read=0.5) as model:
+        chunks = [chunk async for chunk in model.stream([{"role": "user", "content": "x"}])]
+
+    assert chunks == [f"t{index}" for index in range(8)]
+    # aiohttp's timer ran until the headers came; none was started for the chunks after them.
+    started = [timeout for timeout in aiohttp_read_timers if timeout is not None]
+    assert started
+    assert len(started) <= 2
+    assert aiohttp_read_timers.count(None) >= 7
 
 
 async def test_chat_openai_stream_reads_the_body_to_its_end_for_reuse() -> None:
