@@ -202,12 +202,14 @@ def tree_rss_bytes(process: psutil.Process, tree: Sequence[psutil.Process] | Non
     return total
 
 
-def machine_busy_seconds() -> tuple[float, float]:
-    """Return (busy CPU seconds, total CPU seconds) of the whole machine since boot."""
+def machine_busy_seconds() -> tuple[float, float, float]:
+    """Return (busy CPU seconds, total CPU seconds, stolen CPU seconds) of the whole machine since
+    boot. Stolen: time the hypervisor ran other machines while this one had work (counted as
+    busy); a shared machine's slow hours show there."""
     t = psutil.cpu_times()
     total = sum(t)
     idle = t.idle + getattr(t, "iowait", 0.0)
-    return total - idle, total
+    return total - idle, total, getattr(t, "steal", 0.0)
 
 
 class RssSampler:

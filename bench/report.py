@@ -57,6 +57,7 @@ class RowResult:
     cpu_client_ms_per_pred: float | None = None  # this process: the httpx load generator
     cpu_mock_ms_per_pred: float | None = None
     machine_busy_pct: float | None = None  # both cores, everything (Redis, PostgreSQL, …)
+    machine_stolen_pct: float | None = None  # of both cores, run by the hypervisor elsewhere
     # CPU cores busy with anything but web, worker, mock and client: PostgreSQL, Redis, the OS,
     # and whatever else runs on the machine (a noisy neighbour shows here).
     other_cores: float | None = None
@@ -189,7 +190,7 @@ def markdown_costs(rows: Sequence[RowResult]) -> str:
     """Return what each row cost (CPU, database, memory) as a markdown table."""
     lines = [
         "| mode | row | C | CPU ms/pred web + worker = **sum** | load generator | mock "
-        "| rest of machine, cores | machine busy "
+        "| rest of machine, cores | machine busy (stolen) "
         "| PG new connections / transactions per pred, peak connections "
         "| model requests / connections per pred "
         "| RSS MB web idle / peak / after | RSS MB worker idle / peak / after |",
@@ -206,10 +207,16 @@ def markdown_costs(rows: Sequence[RowResult]) -> str:
         lines.append(
             f"| {r.mode} | {r.label} | {r.concurrency} | {cpu} "
             f"| {_n(r.cpu_client_ms_per_pred, 1)} | {_n(r.cpu_mock_ms_per_pred, 2)} "
-            f"| {_n(r.other_cores, 2)} | {_n(r.machine_busy_pct)} % | {db} | {model} "
+            f"| {_n(r.other_cores, 2)} | {_busy(r)} | {db} | {model} "
             f"| {_rss(r.rss_web_mb)} | {_rss(r.rss_worker_mb)} |"
         )
     return "\n".join(lines)
+
+
+def _busy(r: RowResult) -> str:
+    if r.machine_stolen_pct is None:
+        return f"{_n(r.machine_busy_pct)} %"
+    return f"{_n(r.machine_busy_pct)} % ({_n(r.machine_stolen_pct)} %)"
 
 
 def markdown_targets(checks: Sequence[dict[str, Any]]) -> str:

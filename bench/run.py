@@ -370,7 +370,7 @@ async def measure_row(
         db_before = database_activity(args.postgres)
         mock_before = await mock_stats(ctx.mock_urls[model])
         cpu_before = (_cpu(ctx.web), _cpu(*ctx.workers), _cpu(mock), _own_cpu())
-        busy_before, total_before = procs.machine_busy_seconds()
+        busy_before, total_before, stolen_before = procs.machine_busy_seconds()
         sampler = RssSampler(watched)
         sampler.start()
         db_sampler = DatabaseConnectionSampler(args.postgres)
@@ -381,7 +381,7 @@ async def measure_row(
         peaks = await sampler.stop()
         db_peak = await db_sampler.stop()
         cpu_after = (_cpu(ctx.web), _cpu(*ctx.workers), _cpu(mock), _own_cpu())
-        busy_after, total_after = procs.machine_busy_seconds()
+        busy_after, total_after, stolen_after = procs.machine_busy_seconds()
         after = {name: procs.tree_rss_bytes(p) for name, p in watched.items()}
         db_after = database_activity(args.postgres)
         mock_after = await mock_stats(ctx.mock_urls[model])
@@ -434,6 +434,7 @@ async def measure_row(
         cpu_client_ms_per_pred=client_ms,
         cpu_mock_ms_per_pred=mock_ms,
         machine_busy_pct=100 * (busy_after - busy_before) / total if total > 0 else None,
+        machine_stolen_pct=100 * (stolen_after - stolen_before) / total if total > 0 else None,
         other_cores=other_cores,
         db_sessions_per_pred=(db_after[0] - db_before[0]) / n,
         db_transactions_per_pred=(db_after[1] - db_before[1]) / n,
@@ -454,7 +455,7 @@ def _row_line(r: report.RowResult) -> str:
         f"  {r.mode:5} {r.label:19} C={r.concurrency:<4} {r.ok:4}/{r.requests} ok "
         f"{r.errors:3} err  {r.throughput:6.1f}/s  p50/p95/p99/max {f(r.p50_ms)}/{f(r.p95_ms)}/"
         f"{f(r.p99_ms)}/{f(r.max_ms)} ms{ttft}  CPU {r.cpu_server_ms_per_pred:.1f} ms/pred"
-        f"  busy {r.machine_busy_pct or 0:.0f}%"
+        f"  busy {r.machine_busy_pct or 0:.0f}% (stolen {r.machine_stolen_pct or 0:.0f}%)"
     )
 
 
