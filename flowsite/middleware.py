@@ -68,19 +68,16 @@ class CorsMiddleware:
     def __call__(self, request: HttpRequest):
         if self.is_async:
             return self.__acall__(request)
-        if not request.path.startswith(API_PREFIX):
-            return self.get_response(request)
-        return _preflight(request) or _label(request, self.get_response(request))
+        return self.process_request(request) or self.process_response(
+            request, self.get_response(request)
+        )
 
     async def __acall__(self, request: HttpRequest):
-        if not request.path.startswith(API_PREFIX):
-            return await self.get_response(request)
-        preflight = _preflight(request)
-        if preflight is not None:
-            return preflight
-        return _label(request, await self.get_response(request))
+        return self.process_request(request) or self.process_response(
+            request, await self.get_response(request)
+        )
 
-    # The same, as hooks (flowsite.handler.DirectRoutes runs them without the chain).
+    # Hooks, also run without the chain by flowsite.handler.DirectRoutes.
 
     def process_request(self, request: HttpRequest) -> HttpResponse | None:
         return _preflight(request) if request.path.startswith(API_PREFIX) else None
