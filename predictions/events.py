@@ -695,6 +695,10 @@ async def _until_subscribed(channel: str) -> None:
 MAILBOX_UNREAD_SECONDS = 60.0
 # The prefix of an inbox's channel name (after the layer's own).
 INBOX_PREFIX = "inbox."
+# An inbox whose receive fails this many times in a row is closed (see _Inbox._deliver), with
+# a pause growing by this much after each failure.
+INBOX_FAILURES_BEFORE_CLOSING = 5
+INBOX_RETRY_SECONDS = 0.05
 
 
 class _Mailbox:
@@ -808,13 +812,38 @@ class _Inbox:
             self._sweep = loop.call_later(MAILBOX_UNREAD_SECONDS, self._drop_unread)
 
     async def _deliver(self, receive: Callable[[str], Awaitable[dict[str, Any]]]) -> None:
+        failures = 0
         while True:
             try:
                 message = await receive(self.channel)
-            except Exception:  # a message it cannot decode: drop it, the stream has its events
+            except Exception:
+                failures += 1
+                if failures >= INBOX_FAILURES_BEFORE_CLOSING:
+                    # Not one bad message but a receive that keeps failing (its layer or loop
+                    # broken): it would fail, and log, without end. Its readers catch up from
+                    # the streams; the next one opens another inbox.
+                    logger.exception(
+                        "inbox %s: receiving failed %d times in a row; closed",
+                        self.channel,
+                        failures,
+                    )
+                    self._forget()
+                    return
+                # A message it cannot decode: dropped, the stream has its events.
                 logger.exception("inbox %s: unreadable message", self.channel)
+                await asyncio.sleep(INBOX_RETRY_SECONDS * failures)
                 continue
+            failures = 0
             self.put(message)
+
+    def _forget(self) -> None:
+        """Leave this loop's inbox place to a new one, and stop the sweep."""
+        for loop, inbox in list(_inboxes.items()):
+            if inbox is self:
+                del _inboxes[loop]
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
 
 
 def _loop_layer(layer: Any) -> Any:
