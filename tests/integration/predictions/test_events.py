@@ -127,6 +127,9 @@ async def _joined_channels() -> list[str]:
     names = [layer._get_group_channel_name(group_name(PREDICTION_ID))]
 
     async def subscribed() -> bool:
+        inbox = events._inboxes.get(asyncio.get_running_loop())
+        if inbox is None or inbox.opened is None or not inbox.opened.done():
+            return False  # its channel is in the layer's before the inbox knows its name
         own = [name for name in layer.channels if name != _kept_channel()]
         return len(own) == 1 and await _subscribers(names + own) == 2
 
