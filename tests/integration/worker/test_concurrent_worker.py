@@ -421,6 +421,98 @@ def test_worker_stops_claiming_after_max_jobs(queue: Queue, make_worker: MakeWor
     assert queue.count == 3
 
 
+def spy_on_trips(worker: ConcurrentWorker, monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Record what each trip to the dequeue thread returned (jobs claimed, or a marker)."""
+    trips: list[object] = []
+    real_claim = worker._claim
+
+    def claim(timeout, room):
+        trips.append(real_claim(timeout, room))
+        return trips[-1]
+
+    monkeypatch.setattr(worker, "_claim", claim)
+    return trips
+
+
+def test_jobs_waiting_in_the_queue_are_claimed_in_one_trip(
+    queue: Queue, make_worker: MakeWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    enqueued = [queue.enqueue(jobs.sleep_job, 0.2) for _ in range(10)]
+    worker = make_worker(concurrency=50)
+    trips = spy_on_trips(worker, monkeypatch)
+
+    assert worker.work(burst=True) is True
+
+    assert trips[0] == 10
+    assert sorted(FinishedJobRegistry(queue=queue).get_job_ids()) == sorted(j.id for j in enqueued)
+
+
+def test_a_trip_claims_no_more_jobs_than_free_slots(
+    queue: Queue, redis_conn: Redis, make_worker: MakeWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for _ in range(10):
+        queue.enqueue(jobs.track_concurrency_job, "concurrency", 0.2)
+    worker = make_worker(concurrency=4)
+    trips = spy_on_trips(worker, monkeypatch)
+
+    worker.work(burst=True)
+
+    assert trips[0] == 4
+    assert redis_conn.zscore("concurrency:max", "max") == 4
+    assert FinishedJobRegistry(queue=queue).count == 10
+    assert queue.connection.llen(queue.intermediate_queue_key) == 0
+
+
+def test_a_dequeue_failing_within_a_trip_keeps_the_jobs_claimed_before_it(
+    queue: Queue,
+    make_worker: MakeWorker,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    enqueued = [queue.enqueue(jobs.noop_job) for _ in range(3)]
+    worker = make_worker()
+    trips = spy_on_trips(worker, monkeypatch)
+    real_dequeue = worker._dequeue
+    calls = []
+
+    def dequeue(timeout):
+        calls.append(timeout)
+        if len(calls) == 2:  # the trip's second, before it pops anything
+            raise RuntimeError("broken on purpose")
+        return real_dequeue(timeout)
+
+    monkeypatch.setattr(worker, "_dequeue", dequeue)
+    assert worker.work(burst=True) is True
+
+    assert trips[0] == 1
+    assert "dequeue failed" in caplog.text
+    assert "broken on purpose" in caplog.text
+    assert sorted(FinishedJobRegistry(queue=queue).get_job_ids()) == sorted(j.id for j in enqueued)
+
+
+def test_a_job_claimed_within_a_trip_after_shutdown_began_goes_back_unstarted(
+    queue: Queue, make_worker: MakeWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = queue.enqueue(jobs.sleep_job, 0.2)
+    second = queue.enqueue(jobs.sleep_job, 0)
+    worker = make_worker()
+    real_dequeue = worker._dequeue
+
+    def dequeue(timeout):
+        if timeout is None:  # the trip's second claim: shutdown begins just before it
+            worker.request_shutdown()
+        return real_dequeue(timeout)
+
+    monkeypatch.setattr(worker, "_dequeue", dequeue)
+    with running(worker) as runner:
+        runner.join(20)
+
+    assert first.get_status() == JobStatus.FINISHED
+    assert second.get_status() == JobStatus.QUEUED
+    assert queue.get_job_ids() == [second.id]
+    assert queue.connection.llen(queue.intermediate_queue_key) == 0
+
+
 def test_shutdown_command_drains_and_stops(
     queue: Queue, redis_conn: Redis, make_worker: MakeWorker
 ) -> None:
