@@ -34,19 +34,6 @@ STOPPED_EXC_STRING = "Job stopped by user, task cancelled."
 SWEEP_LOCK_TEMPLATE = RQ_KEY_PREFIX + ":flowsite:abandoned-sweep:{0}"
 
 
-def start_execution(
-    worker: ConcurrentWorker, job: Job, queue: Queue, remove_from_intermediate_queue: bool
-) -> Execution:
-    """Start `job` in Redis (`start_transaction`) now, from a helper thread."""
-    started = start_transaction(worker, job, queue, remove_from_intermediate_queue)
-    assert started is not None  # waited for the lock
-    pipeline, execution = started
-    with pipeline:
-        pipeline.execute()
-    worker.executions[execution.id] = execution
-    return execution
-
-
 def start_transaction(
     worker: ConcurrentWorker,
     job: Job,

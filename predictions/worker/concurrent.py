@@ -33,11 +33,11 @@ exercises each of them.
   seconds after Redis answered again: live workers heartbeat first, and their jobs are not
   taken for abandoned (the bound then counts from Redis's return).
 - Redis outages: dequeues back off (at most REDIS_BACKOFF_MAX_SECONDS between tries) and
-  recording a job's outcome is retried for up to BOOKKEEPING_RETRY_SECONDS, so a Redis restart
-  delays jobs instead of failing them. A job whose dequeue or start Redis cut short (its id left
-  in rq's intermediate queue, never started) is put back at the head of its queue by the next
-  sweep after `heartbeat_ttl` seconds (`bookkeeping.rescue_stranded`), instead of waiting for
-  rq's cleanup to fail it minutes later.
+  starting a job and recording its outcome are retried for up to BOOKKEEPING_RETRY_SECONDS, so a
+  Redis restart delays jobs instead of failing them. A job whose dequeue Redis cut short (its
+  id left in rq's intermediate queue, never started) is put back at the head of its queue by the
+  next sweep after `heartbeat_ttl` seconds (`bookkeeping.rescue_stranded`), instead of waiting
+  for rq's cleanup to fail it minutes later.
 - Stop: `cancel_job(job_id)`, rq's `send_stop_job_command` and `send_stop_execution_command`
   cancel that job's task, whichever execution it is; the job is recorded as rq records a stopped
   job (status STOPPED, in FailedJobRegistry, never retried). A job whose task is cancelled any
@@ -642,9 +642,10 @@ class ConcurrentWorker(BaseWorker):
             try:
                 record.execution = await self._start_execution(job, queue)
             except REDIS_DOWN as exc:
-                # Never started: the id stays in the intermediate queue (or, if the start did
-                # reach Redis, its execution stops heartbeating); the sweep requeues it or
-                # fails it as lost, so it is neither run twice nor left waiting.
+                # Not started after BOOKKEEPING_RETRY_SECONDS of trying: the id stays in the
+                # intermediate queue (or, if a start did reach Redis, its execution stops
+                # heartbeating); the sweep requeues it or fails it as lost, so it is neither
+                # run twice nor left waiting.
                 logger.warning(
                     "worker %s: could not start job %s, Redis unreachable (%s); the sweep "
                     "requeues it",
@@ -675,16 +676,27 @@ class ConcurrentWorker(BaseWorker):
                 self._spawn(self._in_thread(self._bookkeeping, self._mark_idle))
 
     async def _start_execution(self, job: Job, queue: Queue) -> Execution:
-        """rq's two preparation steps, in one transaction, committed from the loop on the
-        pipelined connection (in a helper thread while the state lock is taken)."""
+        """rq's two preparation steps, in one transaction (built in a helper thread while the
+        state lock is taken), committed from the loop on the pipelined connection.
+
+        While Redis is unreachable the same transaction is sent again, for up to
+        BOOKKEEPING_RETRY_SECONDS: a start whose reply a Redis restart cut off may have landed
+        (the same commands again change nothing then), and giving up left such a job STARTED
+        with nobody running it, for the sweep to fail as lost. The job stays in flight
+        meanwhile, without a heartbeat until it is started.
+        """
         single_queue = len(self.queues) == 1
         started = bookkeeping.start_transaction(self, job, queue, single_queue, wait=False)
         if started is None:
-            return await self._in_thread(
-                self._bookkeeping, bookkeeping.start_execution, self, job, queue, single_queue
+            started = await self._in_thread(
+                self._bookkeeping, bookkeeping.start_transaction, self, job, queue, single_queue
             )
+            assert started is not None  # waited for the lock
         transaction, execution = started
-        await self._command_pipe().transaction(bookkeeping.commands(transaction))
+        commands = bookkeeping.commands(transaction)
+        await self._while_redis_down(
+            lambda: self._command_pipe().transaction(commands), f"starting job {job.id}"
+        )
         self.executions[execution.id] = execution
         return execution
 
@@ -753,26 +765,32 @@ class ConcurrentWorker(BaseWorker):
         stays in flight, so it keeps its heartbeat once Redis is back, and is not taken for one
         a dead worker left.
         """
+        try:
+            await self._while_redis_down(attempt, f"recording job {job.id}")
+        except Exception:
+            logger.exception(
+                "worker %s: could not record the outcome of job %s; it stays STARTED until the "
+                "abandoned-job sweep fails it",
+                self.name,
+                job.id,
+            )
+
+    async def _while_redis_down(self, attempt: Callable[[], Awaitable[T]], what: str) -> T:
+        """Await `attempt()`, again after a growing pause while Redis is unreachable, for up to
+        BOOKKEEPING_RETRY_SECONDS; then, or for any other error, raise it."""
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + BOOKKEEPING_RETRY_SECONDS
         delay = 0.25
         while True:
             try:
-                await attempt()
-                return
-            except Exception as exc:
-                if not isinstance(exc, REDIS_DOWN) or loop.time() + delay > give_up_at:
-                    logger.exception(
-                        "worker %s: could not record the outcome of job %s; it stays STARTED "
-                        "until the abandoned-job sweep fails it",
-                        self.name,
-                        job.id,
-                    )
-                    return
+                return await attempt()
+            except REDIS_DOWN as exc:
+                if loop.time() + delay > give_up_at:
+                    raise
                 logger.warning(
-                    "worker %s: Redis unreachable, recording job %s again in %.2f s (%s)",
+                    "worker %s: Redis unreachable, %s again in %.2f s (%s)",
                     self.name,
-                    job.id,
+                    what,
                     delay,
                     exc,
                 )

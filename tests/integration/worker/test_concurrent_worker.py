@@ -681,6 +681,58 @@ def test_a_success_whose_connection_broke_is_recorded_once_redis_answers(
     assert f"Redis unreachable, recording job {job.id} again" in caplog.text
 
 
+def break_first_start(
+    worker: ConcurrentWorker, monkeypatch: pytest.MonkeyPatch, *, after_it_landed: bool
+) -> list[str]:
+    """Make the worker's first start transaction fail as a Redis restart does: its reply lost
+    after Redis ran it (`after_it_landed`), or before it reached Redis. Return the failures."""
+    real_pipe = worker._command_pipe
+    broken: list[str] = []
+
+    class CutOff:
+        def __init__(self, pipe):
+            self.pipe = pipe
+
+        async def transaction(self, commands):
+            starts = any(c[0] == "ZADD" for c in commands)  # the start registers its execution
+            if starts and not broken:
+                broken.append("start")
+                if after_it_landed:
+                    await self.pipe.transaction(commands)
+                raise redis.exceptions.ConnectionError("Connection closed by server.")
+            return await self.pipe.transaction(commands)
+
+        def __getattr__(self, name):
+            return getattr(self.pipe, name)
+
+    monkeypatch.setattr(worker, "_command_pipe", lambda: CutOff(real_pipe()))
+    return broken
+
+
+@pytest.mark.parametrize("after_it_landed", [True, False], ids=["reply lost", "not sent"])
+def test_a_start_that_redis_cut_off_is_sent_again_and_the_job_runs(
+    queue: Queue,
+    redis_conn: Redis,
+    make_worker: MakeWorker,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    after_it_landed: bool,
+) -> None:
+    job = queue.enqueue(jobs.sleep_job, 0.1)
+    worker = make_worker()
+    broken = break_first_start(worker, monkeypatch, after_it_landed=after_it_landed)
+
+    assert worker.work(burst=True) is True
+
+    assert broken == ["start"]
+    assert f"Redis unreachable, starting job {job.id} again" in caplog.text
+    assert job.get_status() == JobStatus.FINISHED
+    assert job.return_value() == 0.1
+    assert StartedJobRegistry(queue=queue).count == 0  # no execution left to be taken for lost
+    assert redis_conn.llen(queue.intermediate_queue_key) == 0
+    assert worker_field(redis_conn, worker, "successful_job_count") == "1"
+
+
 def test_a_start_waits_for_the_state_lock_in_a_thread_not_on_the_loop(
     queue: Queue, make_worker: MakeWorker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
